@@ -1,0 +1,160 @@
+"""File formats: the one module that reads and writes images.
+
+Every reader raises :class:`InputError` naming the file and the problem; none
+returns ``None``. Every writer goes through :func:`atomic_path`, so an
+interrupted run never leaves a half-written output under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+class InputError(ValueError):
+    """A problem with user input; the message is one line naming the file."""
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one 2D image as (H, W) or (H, W, C); RGBA loses its alpha.
+
+    A multi-page TIFF is rejected here: use :func:`read_stack` for stacks.
+    """
+    arr = read_stack(path)
+    if arr.shape[0] != 1:
+        raise InputError(f"{path}: is a stack of {arr.shape[0]} pages; expected a single image")
+    return arr[0]
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Read an image or a multi-page TIFF as (N, H, W) or (N, H, W, C).
+
+    Single images come back with N = 1. Alpha channels are dropped because no
+    microscopy signal lives there (the DSB 2018 PNGs are RGBA with alpha 255).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an image file")
+    try:
+        if _suffix(path) in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+            pages = _tiff_page_count(path)
+            if pages == 1 or arr.ndim == 2:
+                arr = arr[None]
+            elif arr.ndim == 3 and arr.shape[-1] in (3, 4) and pages == 1:
+                arr = arr[None]
+        else:
+            import imageio.v3 as iio
+
+            arr = np.asarray(iio.imread(path))[None]
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
+        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    return _drop_alpha(arr, path)
+
+
+def _tiff_page_count(path: Path) -> int:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        series = tf.series[0]
+        shape = series.shape
+        axes = series.axes
+    # Pages = product of non-spatial, non-sample axes.
+    n = 1
+    for ax, s in zip(axes, shape):
+        if ax not in "YXS":
+            n *= s
+    return n
+
+
+def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 4:
+        c = arr.shape[-1]
+        if c == 4:
+            arr = arr[..., :3]
+        elif c == 2:  # gray + alpha
+            arr = arr[..., :1]
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    if arr.ndim not in (3, 4) or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise InputError(f"{path}: unsupported image shape {arr.shape}")
+    return arr
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly in ``folder``; an empty folder is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    On any exception the temporary file is removed and an existing ``path`` is
+    left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_image(path: str | Path, arr: np.ndarray) -> Path:
+    """Write (H, W), (H, W, C) or a (N, H, W) stack (TIFF only), atomically.
+
+    TIFFs larger than 4 GB are written as BigTIFF.
+    """
+    path = Path(path)
+    arr = np.asarray(arr)
+    with atomic_path(path) as tmp:
+        if _suffix(path) in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, arr, bigtiff=arr.nbytes > 2**32 - 2**25, compression=None)
+        elif _suffix(path) == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, arr, extension=".png")
+        else:
+            raise InputError(f"{path}: unsupported output format (use .tif or .png)")
+    return path
+
+
+def to_float01(image: np.ndarray) -> np.ndarray:
+    """Map integer images to [0, 1] float32 by their dtype range (8/16-bit)."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    return image.astype(np.float32)

@@ -1,0 +1,183 @@
+"""The U-Net of Ronneberger et al. (2015), configurable.
+
+``padding="valid"`` is the paper's network: unpadded 3x3 convolutions, so each
+level loses a border, and skip connections are centre-cropped before being
+concatenated. Its output size is computed by :meth:`UNet.output_shape`, never
+guessed. ``padding="same"`` keeps the size; inputs whose size is not a multiple
+of ``pool_size ** depth`` are reflect-padded inside ``forward`` and cropped back,
+so any (H, W) works.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "elu": lambda: nn.ELU(inplace=True),
+    "gelu": lambda: nn.GELU(),
+}
+
+
+def _check(cfg: ModelConfig) -> None:
+    if cfg.padding not in ("valid", "same"):
+        raise ValueError(f"model.padding must be 'valid' or 'same', got {cfg.padding!r}")
+    if cfg.upsampling not in ("transpose", "resize"):
+        raise ValueError(f"model.upsampling must be 'transpose' or 'resize', got {cfg.upsampling!r}")
+    if cfg.activation not in _ACTIVATIONS:
+        raise ValueError(f"model.activation must be one of {sorted(_ACTIVATIONS)}, got {cfg.activation!r}")
+    if cfg.depth < 0 or cfg.base_features < 1 or cfg.kernel_size < 1 or cfg.pool_size < 2:
+        raise ValueError(f"invalid model config: {cfg}")
+    if cfg.padding == "same" and cfg.kernel_size % 2 == 0:
+        raise ValueError("model.kernel_size must be odd for 'same' padding")
+
+
+class DoubleConv(nn.Sequential):
+    """Two (conv -> [BN] -> activation) layers: one U-Net level."""
+
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig) -> None:
+        pad = cfg.kernel_size // 2 if cfg.padding == "same" else 0
+        layers: list[nn.Module] = []
+        for c_in in (cin, cout):
+            layers.append(nn.Conv2d(c_in, cout, cfg.kernel_size, padding=pad, bias=not cfg.batch_norm))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(_ACTIVATIONS[cfg.activation]())
+        super().__init__(*layers)
+
+
+class Up(nn.Module):
+    """Up-sample by ``pool_size`` and halve the channels ("up-conv" in the paper)."""
+
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.scale = cfg.pool_size
+        self.mode = cfg.upsampling
+        if cfg.upsampling == "transpose":
+            self.conv = nn.ConvTranspose2d(cin, cout, cfg.pool_size, stride=cfg.pool_size)
+        else:
+            self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "resize":
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.conv(x)
+
+
+def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop the centre (h, w) of a (B, C, H, W) tensor."""
+    top = (x.shape[-2] - h) // 2
+    left = (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+class UNet(nn.Module):
+    """(B, in_channels, H, W) -> (B, out_channels, H', W') logits.
+
+    H' = H for ``same`` nets; for ``valid`` nets H' = :meth:`output_shape`.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _check(cfg)
+        self.cfg = cfg
+        widths = [cfg.base_features * 2**i for i in range(cfg.depth + 1)]
+        self.down = nn.ModuleList()
+        cin = cfg.in_channels
+        for w in widths:
+            self.down.append(DoubleConv(cin, w, cfg))
+            cin = w
+        self.pool = nn.MaxPool2d(cfg.pool_size)
+        self.drop = nn.Dropout2d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.ups = nn.ModuleList()
+        self.up_convs = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.ups.append(Up(w * 2, w, cfg))
+            self.up_convs.append(DoubleConv(w * 2, w, cfg))
+        self.head = nn.Conv2d(widths[0], cfg.out_channels, 1)
+
+    # ---- geometry -------------------------------------------------------
+    def _shrink(self) -> int:
+        """Pixels lost by one DoubleConv (0 for same padding)."""
+        return 0 if self.cfg.padding == "same" else 2 * (self.cfg.kernel_size - 1)
+
+    def _output_or_none(self, n: int) -> int | None:
+        s, p = self._shrink(), self.cfg.pool_size
+        size = n
+        for _ in range(self.cfg.depth):
+            size -= s
+            if size <= 0 or size % p:
+                return None
+            size //= p
+        size -= s
+        if size <= 0:
+            return None
+        for _ in range(self.cfg.depth):
+            size = size * p - s
+        return size if size > 0 else None
+
+    def output_size(self, n: int) -> int:
+        """Output length along one axis for input length ``n``; ValueError if invalid."""
+        if self.cfg.padding == "same":
+            return n
+        out = self._output_or_none(n)
+        if out is None:
+            raise ValueError(f"input size {n} is not valid for this valid-padding U-Net; "
+                             f"the next valid size is {self.valid_input_size(n)}")
+        return out
+
+    def output_shape(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return self.output_size(hw[0]), self.output_size(hw[1])
+
+    def valid_input_size(self, n: int) -> int:
+        """Smallest input length >= n accepted by the net (any n for same nets)."""
+        if self.cfg.padding == "same":
+            return n
+        m = max(n, 1)
+        while self._output_or_none(m) is None:
+            m += 1
+        return m
+
+    @property
+    def margin(self) -> int:
+        """Pixels lost on each side of a valid net ((in - out) / 2); 0 for same nets."""
+        if self.cfg.padding == "same":
+            return 0
+        n = self.valid_input_size(1)
+        return (n - self.output_size(n)) // 2
+
+    # ---- forward ---------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"expected (B, {self.cfg.in_channels}, H, W) input, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if self.cfg.padding == "same":
+            mult = self.cfg.pool_size**self.cfg.depth
+            ph, pw = (-h) % mult, (-w) % mult
+            if ph or pw:
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < self.cfg.depth:
+                skips.append(x)
+                x = self.pool(x)
+        x = self.drop(x)
+        for up, conv, skip in zip(self.ups, self.up_convs, reversed(skips)):
+            x = up(x)
+            skip = center_crop(skip, x.shape[-2], x.shape[-1])
+            x = conv(torch.cat([skip, x], dim=1))
+        x = self.head(x)
+        if self.cfg.padding == "same" and x.shape[-2:] != (h, w):
+            x = center_crop(x, h, w)
+        return x
+
+
+def build_model(cfg: ModelConfig) -> UNet:
+    """Registry entry point: a config rebuilds any checkpoint's network."""
+    return UNet(cfg)
