@@ -158,3 +158,42 @@ def to_float01(image: np.ndarray) -> np.ndarray:
     if image.dtype == bool:
         return image.astype(np.float32)
     return image.astype(np.float32)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode one 2D image held in memory (a zip member) as (H, W) or (H, W, C).
+
+    ``name`` is what error messages call the source (for a zip member,
+    ``archive.zip::member``) and its suffix picks the decoder, so an archive
+    never has to be extracted to disk. Alpha is dropped as in :func:`read_image`.
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{name}: unsupported image format {suffix or '(no suffix)'}")
+    pages = 1
+    try:
+        if suffix in (".tif", ".tiff"):
+            import io as _io
+
+            import tifffile
+
+            with tifffile.TiffFile(_io.BytesIO(data)) as tf:
+                series = tf.series[0]
+                for ax, s in zip(series.axes, series.shape):
+                    if ax not in "YXS":
+                        pages *= s
+                arr = series.asarray()
+        else:
+            import imageio.v3 as iio
+
+            # A pinned plugin: on a corrupt file imageio would otherwise try
+            # every plugin and report the last one's unrelated complaint.
+            arr = np.asarray(iio.imread(data, plugin="pillow", extension=suffix))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
+        raise InputError(f"{name}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if pages != 1:
+        raise InputError(f"{name}: is a stack of {pages} pages; expected a single image")
+    if arr.ndim not in (2, 3):
+        raise InputError(f"{name}: unsupported image shape {arr.shape}")
+    # _drop_alpha works on stacks and names a Path; the name is only used in messages.
+    return _drop_alpha(arr.reshape(1, *arr.shape), name)[0]  # type: ignore[arg-type]

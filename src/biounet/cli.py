@@ -1,0 +1,196 @@
+"""Command line: parse, build a config, call one library function.
+
+Heavy imports (torch, scikit-image) happen inside the commands so that
+``biounet --help`` starts fast. User-input problems (:class:`InputError`) are
+printed as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="U-Net segmentation for microscopy and EM images: predict, train, evaluate, submit.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``, turning user-input errors into one clean line and exit code 2."""
+    from .io import InputError
+
+    try:
+        return fn(*args, **kwargs)
+    except InputError as exc:
+        _fail(str(exc))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        _fail(f"{exc.filename}: {exc.strerror}")
+
+
+@app.command()
+def models() -> None:
+    """List the models shipped with biounet, with their validation scores."""
+    import json
+
+    from .predict import shipped_models
+
+    found = shipped_models()
+    if not found:
+        typer.echo("no shipped models")
+    for name, folder in found.items():
+        metrics_path = folder / "metrics.json"
+        m = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        scores = ", ".join(
+            f"{k[6:]}={v:.3f}" for k, v in m.items() if k.startswith("tuned_") and isinstance(v, float)
+        )
+        desc = json.loads((folder / "config.json").read_text()).get("data", {}).get("target", "")
+        typer.echo(f"{name:24s} {desc:9s} validation: {scores or 'n/a'}")
+
+
+@app.command()
+def predict(
+    inputs: List[Path] = typer.Argument(..., help="Images, TIFF stacks, or folders of images / DSB image folders."),
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name or a model/run folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input."),
+    probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
+    overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
+    tile: int = typer.Option(0, help="Overlap-tile inference with this tile size (0 = whole image)."),
+    tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
+    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Predict masks (semantic models) or instance labels (nuclei models) for images."""
+    _setup_logging(verbose)
+    from .predict import OutputOptions, expand_inputs, load_model, predict_file
+
+    seg = _run(load_model, model, device=device)
+    seg.tile, seg.tta, seg.batch_size = tile, tta, batch_size
+    files = _run(expand_inputs, [str(p) for p in inputs])
+    opts = OutputOptions(probabilities=probabilities, overlays=overlays)
+    from tqdm.auto import tqdm
+
+    for path in tqdm(files, desc="images", disable=len(files) < 2):
+        written = _run(predict_file, seg, path, out, opts)
+        for w in written:
+            logging.getLogger("biounet").info("wrote %s", w)
+    typer.echo(f"{len(files)} image(s) -> {out}/")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="TOML config (see configs/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for weights, config, history."),
+    data: Optional[str] = typer.Option(None, help="Override data.images (stack, folder, DSB folder or zip)."),
+    labels: Optional[str] = typer.Option(None, help="Override data.labels."),
+    epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
+    seed: Optional[int] = typer.Option(None, help="Override train.seed."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt."),
+    set_: List[str] = typer.Option([], "--set", help="Any override, e.g. --set train.lr=1e-4 (repeatable)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train a U-Net from a config file; the resolved config is saved in the run folder."""
+    _setup_logging(True)
+    from .checkpoint import load_config_json
+    from .config import apply_overrides, load_config
+
+    cfg = _run(load_config_json, out) if resume else _run(load_config, config)
+    overrides = list(set_)
+    if data is not None:
+        overrides.append(f"data.images={data}")
+    if labels is not None:
+        overrides.append(f"data.labels={labels}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    cfg = _run(apply_overrides, cfg, overrides)
+    from .train import train as run_training
+
+    result = _run(run_training, cfg, out, resume=resume, progress=not quiet)
+    typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in (result or {}).items() if isinstance(v, float)))
+
+
+@app.command()
+def evaluate(
+    truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, or folder of label images."),
+    pred: Path = typer.Option(..., help="Prediction: mask TIFF stack or folder of label images (<name>.tif)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores as JSON."),
+    per_image: Optional[Path] = typer.Option(None, help="Per-image scores as CSV (instance evaluation)."),
+) -> None:
+    """Score predictions against truth; needs no model (files in, numbers out)."""
+    _setup_logging(False)
+    from .evaluate import evaluate_paths, format_table
+
+    summary, rows = _run(evaluate_paths, truth, pred)
+    typer.echo(format_table(summary))
+    from .checkpoint import write_json
+
+    if json_out:
+        write_json(json_out, summary)
+    if per_image and rows:
+        from .evaluate import write_rows_csv
+
+        write_rows_csv(per_image, rows)
+
+
+@app.command()
+def submit(
+    labels: Path = typer.Argument(..., help="Folder of instance label images (<ImageId>.tif)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Submission CSV (ImageId,EncodedPixels)."),
+) -> None:
+    """Write a Kaggle DSB 2018 run-length-encoded submission from label images."""
+    from .export import write_submission
+    from .io import list_images, read_image
+
+    files = _run(list_images, labels)
+    rows = ((p.stem, _run(read_image, p)) for p in files)
+    _run(write_submission, out, rows)
+    typer.echo(f"{len(files)} images -> {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Run the shipped models on the sample images shipped with biounet; write masks + overlays."""
+    _setup_logging(False)
+    from .predict import OutputOptions, load_model, predict_file, shipped_models
+
+    samples = Path(__file__).parent / "samples"
+    jobs = {"isbi2012-membrane": samples / "isbi2012", "dsb2018-nuclei": samples / "dsb2018"}
+    shipped = shipped_models()
+    for name, folder in jobs.items():
+        if name not in shipped or not folder.is_dir():
+            typer.echo(f"skip {name}: not shipped in this build")
+            continue
+        seg = load_model(name)
+        for path in sorted(folder.iterdir()):
+            written = predict_file(seg, path, out / name, OutputOptions(overlays=True))
+            typer.echo(f"{name}: {path.name} -> " + ", ".join(str(w) for w in written))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Evaluate stage: compare prediction files with truth files; needs no model.
+
+Three pairings, chosen from what ``truth`` is:
+
+* a TIFF stack (ISBI 2012 labels, 0 = membrane): ``pred`` is a mask stack
+  (uint8, 255 = membrane) or a float membrane-probability stack -> pixel error,
+  Dice/IoU and V-Rand/V-Info on cell regions;
+* a DSB 2018 folder or zip: ``pred`` is a folder of ``<ImageId>.tif`` instance
+  labels -> DSB score, AP@0.5, AP@0.75, counts;
+* a folder of label images: paired by file stem with ``pred`` -> as for DSB.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .io import InputError, atomic_path, list_images, read_image, read_stack
+
+
+def membrane_cells(pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Cell (non-membrane) pixels of a predicted mask (255 = membrane) or probability stack."""
+    if np.issubdtype(pred.dtype, np.floating):
+        return pred < threshold
+    return pred == 0
+
+
+def evaluate_stacks(truth_path: Path, pred_path: Path) -> dict:
+    from .metrics.em import evaluate_membranes
+
+    truth, pred = read_stack(truth_path), read_stack(pred_path)
+    if truth.shape[:3] != pred.shape[:3]:
+        raise InputError(f"{pred_path}: shape {pred.shape[:3]} does not match truth {truth_path} {truth.shape[:3]}")
+    return {"images": int(truth.shape[0]), **evaluate_membranes(truth != 0, membrane_cells(pred))}
+
+
+def _pred_for(pred_dir: Path, name: str) -> np.ndarray:
+    for suffix in (".tif", ".tiff", ".png"):
+        p = pred_dir / f"{name}{suffix}"
+        if p.is_file():
+            return read_image(p)
+    raise InputError(f"{pred_dir}: no prediction for '{name}' (expected {name}.tif)")
+
+
+def instance_pairs(truth: Path, pred_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, truth labels, predicted labels), read lazily one image at a time."""
+    if not pred_dir.is_dir():
+        raise InputError(f"{pred_dir}: prediction folder not found")
+    if truth.suffix.lower() == ".zip" or (truth.is_dir() and any(truth.glob("*/masks"))) or (
+        truth.is_dir() and any(truth.glob("*/*/masks"))
+    ):
+        from .data.dsb import list_dsb_items, load_dsb_labels
+
+        items = [i for i in list_dsb_items(truth) if i.has_masks]
+        for item in items:
+            yield item.image_id, load_dsb_labels(item), _pred_for(pred_dir, item.image_id)
+        return
+    for p in list_images(truth):
+        yield p.stem, read_image(p), _pred_for(pred_dir, p.stem)
+
+
+def evaluate_paths(truth: Path, pred: Path) -> tuple[dict, list[dict]]:
+    """Scores for a truth/prediction pair of paths; see the module docstring."""
+    truth, pred = Path(truth), Path(pred)
+    if not truth.exists():
+        raise InputError(f"{truth}: no such file or folder")
+    if truth.is_file() and truth.suffix.lower() in (".tif", ".tiff"):
+        return evaluate_stacks(truth, pred), []
+    from .metrics.instance import evaluate_instances
+
+    def checked():
+        for name, t, p in instance_pairs(truth, pred):
+            if t.shape != p.shape:
+                raise InputError(f"{pred}/{name}.tif: size {p.shape} != truth size {t.shape}")
+            yield name, t, p
+
+    return evaluate_instances(checked())
+
+
+def format_table(summary: dict) -> str:
+    width = max(len(k) for k in summary) if summary else 0
+    lines = []
+    for k, v in summary.items():
+        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

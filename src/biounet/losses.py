@@ -1,0 +1,98 @@
+"""Segmentation losses on logits.
+
+Every loss takes raw logits ``(B, K, H, W)``: binary losses apply the sigmoid
+inside ``binary_cross_entropy_with_logits`` (never before it), multi-class
+losses the softmax inside ``cross_entropy``. An optional per-pixel weight map
+``(B, H, W)`` (e.g. the U-Net paper's map from :mod:`biounet.data.targets`)
+weights the cross-entropy terms.
+
+Empty masks: soft Dice uses ``smooth = 1``, so an all-background target with
+an all-background prediction has loss ~0 and never divides by zero.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _weighted_mean(per_pixel: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return per_pixel.mean()
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy; logits (B, 1, H, W), target (B, H, W) or (B, 1, H, W) in {0, 1}."""
+    target = target.reshape(logits.shape).to(logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")[:, 0]
+    return _weighted_mean(per_pixel, weight)
+
+
+def soft_dice_loss_binary(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, smooth: float = 1.0
+) -> torch.Tensor:
+    """1 - soft Dice of the sigmoid foreground, pooled over the batch (stable on empty patches)."""
+    prob = torch.sigmoid(logits)
+    target = target.reshape(logits.shape).to(prob.dtype)
+    if weight is not None:
+        w = weight.reshape(logits.shape)
+        inter, denom = (w * prob * target).sum(), (w * (prob + target)).sum()
+    else:
+        inter, denom = (prob * target).sum(), (prob + target).sum()
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy; logits (B, K, H, W), target (B, H, W) integer classes."""
+    per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
+    return _weighted_mean(per_pixel, weight)
+
+
+def soft_dice_loss_multiclass(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, smooth: float = 1.0
+) -> torch.Tensor:
+    """Mean over foreground classes (1..K-1) of 1 - soft Dice of the softmax probabilities."""
+    prob = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
+    dims = (0, 2, 3)
+    if weight is not None:
+        w = weight[:, None]
+        inter, denom = (w * prob * onehot).sum(dims), (w * (prob + onehot)).sum(dims)
+    else:
+        inter, denom = (prob * onehot).sum(dims), (prob + onehot).sum(dims)
+    dice = (2.0 * inter + smooth) / (denom + smooth)
+    return 1.0 - dice[1:].mean()
+
+
+def _combo(a: LossFn, b: LossFn) -> LossFn:
+    def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return a(logits, target, weight) + b(logits, target, None)
+
+    return loss
+
+
+def get_loss(name: str, out_channels: int) -> LossFn:
+    """Loss by config name; binary names need a 1-channel head, ``ce*`` a K-channel head.
+
+    In the combined losses the weight map weights the cross-entropy term only:
+    it encodes per-pixel importance, which Dice (a region overlap) has no notion of.
+    """
+    binary = out_channels == 1
+    table: dict[str, LossFn] = {
+        "bce": bce_loss,
+        "dice": soft_dice_loss_binary if binary else soft_dice_loss_multiclass,
+        "bce_dice": _combo(bce_loss, soft_dice_loss_binary),
+        "ce": ce_loss,
+        "ce_dice": _combo(ce_loss, soft_dice_loss_multiclass),
+    }
+    if name not in table:
+        raise ValueError(f"train.loss must be one of {sorted(table)}, got {name!r}")
+    if binary and name.startswith("ce"):
+        raise ValueError(f"loss {name!r} needs model.out_channels >= 2 (softmax head)")
+    if not binary and name.startswith("bce"):
+        raise ValueError(f"loss {name!r} needs model.out_channels == 1 (binary head); use 'ce' or 'ce_dice'")
+    return table[name]

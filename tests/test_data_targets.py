@@ -1,0 +1,142 @@
+"""Training targets from instance labels: binary, 3-class border, U-Net weight map."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from biounet.data.targets import balanced_class_weights, binary_target, border_target, unet_weight_map
+
+
+def _brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, w_bg: float, w_fg: float) -> np.ndarray:
+    """Eq. 2 of the U-Net paper from explicit pixel-to-pixel distances, no shortcuts."""
+    ids = [k for k in np.unique(labels) if k != 0]
+    coords = {k: np.argwhere(labels == k) for k in ids}
+    out = np.where(labels > 0, w_fg, w_bg).astype(np.float64)
+    for y, x in np.argwhere(labels == 0):
+        d = sorted(np.sqrt(((coords[k] - (y, x)) ** 2).sum(1)).min() for k in ids)
+        if len(d) >= 2:
+            out[y, x] += w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2))
+    return out
+
+
+def _two_disks(gap: int, radius: int = 6, size: tuple[int, int] = (40, 60)) -> tuple[np.ndarray, int, int]:
+    """Two disks on one row with ``gap`` background columns between them; returns labels and gap columns."""
+    labels = np.zeros(size, dtype=np.int32)
+    cy, cx1 = size[0] // 2, 15
+    cx2 = cx1 + 2 * radius + 1 + gap
+    labels[disk((cy, cx1), radius + 0.5, shape=size)] = 1
+    labels[disk((cy, cx2), radius + 0.5, shape=size)] = 2
+    return labels, cx1 + radius + 1, cx2 - radius  # gap columns: [first, stop)
+
+
+# --- binary -----------------------------------------------------------------
+
+def test_binary_target_nonzero_and_zero_foreground():
+    lab = np.array([[0, 3], [255, 0]])
+    np.testing.assert_array_equal(binary_target(lab), [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(binary_target(lab, foreground="zero"), [[1, 0], [0, 1]])
+    assert binary_target(lab).dtype == np.float32
+
+
+def test_binary_target_rejects_unknown_foreground():
+    with pytest.raises(ValueError, match="foreground"):
+        binary_target(np.zeros((2, 2)), foreground="ones")
+
+
+# --- border3 ----------------------------------------------------------------
+
+def test_border_between_touching_squares_lies_along_shared_edge():
+    lab = np.zeros((12, 16), dtype=np.int32)
+    lab[2:10, 2:8] = 1
+    lab[2:10, 8:14] = 2  # shares the edge between columns 7 and 8
+    t = border_target(lab, border_width=1)
+    expected = (lab > 0).astype(np.uint8)
+    expected[2:10, 7:9] = 2
+    np.testing.assert_array_equal(t, expected)
+    # width 2 widens the band to two pixels on each side, and nowhere else
+    t2 = border_target(lab, border_width=2)
+    assert set(np.unique(np.nonzero(t2 == 2)[1])) == {6, 7, 8, 9}
+
+
+def test_isolated_object_has_no_border_class():
+    lab = np.zeros((20, 20), dtype=np.int32)
+    lab[disk((10, 10), 6)] = 5
+    t = border_target(lab, border_width=2)
+    assert t.dtype == np.uint8
+    np.testing.assert_array_equal(t, (lab > 0).astype(np.uint8))
+
+
+def test_border_covers_a_small_gap_but_not_a_wide_one():
+    near, _, _ = _two_disks(gap=1)
+    far, _, _ = _two_disks(gap=3)
+    assert (border_target(near, border_width=2) == 2).any()
+    assert not (border_target(far, border_width=2) == 2).any()
+    # gap pixels themselves stay background
+    assert not (border_target(near, border_width=2)[near == 0]).any()
+
+
+# --- weight map --------------------------------------------------------------
+
+def test_weight_map_matches_brute_force_reference():
+    lab = np.zeros((14, 18), dtype=np.int32)
+    lab[2:6, 2:6] = 1
+    lab[2:6, 8:11] = 2
+    lab[9:13, 4:9] = 3
+    lab[10, 15] = 4
+    got = unet_weight_map(lab, w0=10.0, sigma=3.0)
+    w_bg, w_fg = balanced_class_weights(lab)
+    np.testing.assert_allclose(got, _brute_force_weight_map(lab, 10.0, 3.0, w_bg, w_fg), atol=1e-4)
+
+
+def test_weight_map_with_cropped_neighbourhoods_matches_brute_force():
+    # small sigma: each object's distance crop is much smaller than the image
+    rng = np.random.default_rng(0)
+    lab = np.zeros((40, 40), dtype=np.int32)
+    for k in range(1, 9):
+        y, x = rng.integers(3, 37, size=2)
+        lab[disk((y, x), 2.5, shape=lab.shape)] = k
+    got = unet_weight_map(lab, w0=5.0, sigma=1.5, class_weights=(1.0, 2.0))
+    ref = _brute_force_weight_map(lab, 5.0, 1.5, 1.0, 2.0)
+    np.testing.assert_allclose(got, ref, atol=2e-3)  # tolerance of the neighbourhood cut-off
+
+
+def test_weight_peaks_in_gap_between_close_disks_and_is_w_c_far_away():
+    lab, g0, g1 = _two_disks(gap=2)
+    w0, sigma = 10.0, 5.0
+    w = unet_weight_map(lab, w0=w0, sigma=sigma)
+    w_bg, _ = balanced_class_weights(lab)
+    y, x = np.unravel_index(np.argmax(w), w.shape)
+    assert lab[y, x] == 0 and g0 <= x < g1
+    # gap pixels sit 1 and 2 px from the two disks: w0 * exp(-9 / 50) = 0.84 w0
+    assert w.max() == pytest.approx(w_bg + w0 * np.exp(-9 / (2 * sigma**2)), rel=1e-5)
+    far = unet_weight_map(np.pad(lab, ((0, 0), (0, 200))), w0=w0, sigma=sigma)
+    w_bg_far, _ = balanced_class_weights(np.pad(lab, ((0, 0), (0, 200))))
+    assert far[0, -1] == pytest.approx(w_bg_far, abs=1e-6)
+
+
+def test_weight_map_without_two_objects_is_class_weights_only():
+    empty = np.zeros((8, 8), dtype=np.int32)
+    np.testing.assert_array_equal(unet_weight_map(empty), np.ones((8, 8), np.float32))
+    one = empty.copy()
+    one[2:4, 2:4] = 7
+    w = unet_weight_map(one, class_weights=(0.5, 3.0))
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, np.where(one > 0, 3.0, 0.5).astype(np.float32))
+
+
+def test_balanced_class_weights_equalise_classes_and_clip():
+    lab = np.zeros((10, 10), dtype=np.int32)
+    lab[:2] = 1  # 20 % foreground
+    w_bg, w_fg = balanced_class_weights(lab)
+    assert (w_bg * 80, w_fg * 20) == pytest.approx((50.0, 50.0))
+    lab[:] = 0
+    lab[0, 0] = 1  # 1 % foreground would weigh 50
+    assert balanced_class_weights(lab, max_weight=10.0)[1] == 10.0
+
+
+def test_targets_reject_bad_label_images():
+    with pytest.raises(ValueError, match="2D"):
+        unet_weight_map(np.zeros((2, 3, 4), dtype=np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        border_target(np.zeros((4, 4), dtype=np.float32))

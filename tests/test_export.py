@@ -1,0 +1,105 @@
+"""Kaggle RLE and submission files: hand cases, round trips, malformed input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biounet.export import labels_to_rles, read_submission, rle_decode, rle_encode, write_submission
+from biounet.io import InputError
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [
+        # 3x3, first column full: pixels 1..3.
+        ([[1, 0, 0], [1, 0, 0], [1, 0, 0]], "1 3"),
+        # Pixel numbering runs down columns: (0,1) is 4, (0,2) is 7, (1,2) is 8.
+        ([[0, 1, 1], [0, 0, 1], [0, 0, 0]], "4 1 7 2"),
+        # Top row of a 2x3 image: column-major gives three separate runs.
+        ([[1, 1, 1], [0, 0, 0]], "1 1 3 1 5 1"),
+        # A run continues from the bottom of one column to the top of the next.
+        ([[0, 1], [1, 0]], "2 2"),
+        ([[0, 0], [0, 0]], ""),
+        ([[1, 1], [1, 1]], "1 4"),
+    ],
+)
+def test_rle_hand_cases(mask: list[list[int]], expected: str) -> None:
+    arr = np.array(mask, dtype=bool)
+    assert rle_encode(arr) == expected
+    np.testing.assert_array_equal(rle_decode(expected, arr.shape), arr)
+
+
+def test_rle_round_trip_random_masks() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        shape = tuple(rng.integers(1, 20, size=2))
+        mask = rng.random(shape) < rng.random()
+        np.testing.assert_array_equal(rle_decode(rle_encode(mask), shape), mask)
+
+
+def test_labels_to_rles_round_trip_random_labels() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        shape = tuple(rng.integers(1, 24, size=2))
+        labels = rng.integers(0, 6, size=shape)
+        rles = labels_to_rles(labels)
+        present = [v for v in range(1, 6) if (labels == v).any()]
+        assert len(rles) == len(present)
+        for value, rle in zip(present, rles):
+            np.testing.assert_array_equal(rle_decode(rle, shape), labels == value)
+            assert rle == rle_encode(labels == value)
+
+
+def test_labels_to_rles_skips_missing_labels_and_background() -> None:
+    labels = np.zeros((4, 5), dtype=np.int32)
+    labels[0, 0] = 7
+    labels[3, 4] = 2
+    assert labels_to_rles(labels) == ["20 1", "1 1"]  # label order: 2, then 7
+    assert labels_to_rles(np.zeros((3, 3), dtype=np.uint16)) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["1", "1 2 3", "0 2", "1 0", "a 2", "1.5 2", "-1 2", "5 2 1 1", "1 3 2 1", "8 3"],
+)
+def test_rle_decode_rejects_malformed(bad: str) -> None:
+    with pytest.raises(ValueError):
+        rle_decode(bad, (3, 3))
+
+
+def test_rle_rejects_wrong_dimensions() -> None:
+    with pytest.raises(ValueError):
+        rle_encode(np.zeros((2, 2, 2), bool))
+    with pytest.raises(ValueError):
+        labels_to_rles(np.zeros((2, 2), np.float32))
+
+
+def test_submission_round_trip_and_empty_image(tmp_path) -> None:
+    a = np.zeros((4, 4), dtype=np.int32)
+    a[0:2, 0] = 1
+    a[3, 3] = 2
+    empty = np.zeros((4, 4), dtype=np.int32)
+    path = write_submission(tmp_path / "sub" / "submission.csv", [("img_a", a), ("img_b", empty)])
+    text = path.read_text().splitlines()
+    assert text == ["ImageId,EncodedPixels", "img_a,1 2", "img_a,16 1", "img_b,"]
+    assert read_submission(path) == {"img_a": ["1 2", "16 1"], "img_b": []}
+
+
+def test_write_submission_rejects_duplicate_id_and_leaves_no_file(tmp_path) -> None:
+    labels = np.ones((2, 2), dtype=np.int32)
+    path = tmp_path / "submission.csv"
+    with pytest.raises(ValueError, match="twice"):
+        write_submission(path, [("x", labels), ("x", labels)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_submission_errors_name_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("ImageId,EncodedPixels\nimg,1 2\nimg,3 x\n")
+    with pytest.raises(InputError, match=r"bad\.csv:3:"):
+        read_submission(path)
+    path.write_text("id,rle\n")
+    with pytest.raises(InputError, match="header"):
+        read_submission(path)
+    with pytest.raises(InputError, match="no such file"):
+        read_submission(tmp_path / "missing.csv")

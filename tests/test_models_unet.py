@@ -1,0 +1,95 @@
+"""The U-Net's geometry and gradients."""
+import pytest
+import torch
+
+from biounet.config import ModelConfig
+from biounet.models.unet import UNet
+
+
+def _convs(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
+
+
+def test_paper_configuration_maps_572_to_388_with_23_convolutions():
+    cfg = ModelConfig(in_channels=1, out_channels=2, base_features=64, depth=4, padding="valid", batch_norm=False)
+    net = UNet(cfg)
+    assert _convs(net) == 23
+    assert net.output_size(572) == 388
+    # a real forward pass on a cheap net of the same geometry (width does not change sizes)
+    small = UNet(ModelConfig(in_channels=1, out_channels=2, base_features=2, depth=4, padding="valid"))
+    with torch.no_grad():
+        assert small(torch.zeros(1, 1, 572, 572)).shape == (1, 2, 388, 388)
+
+
+def _reference_output_size(n: int, depth: int, k: int, p: int) -> int | None:
+    """Independent recomputation, level by level, of a valid net's output length."""
+    loss = 2 * (k - 1)
+    for _ in range(depth):
+        n -= loss
+        if n <= 0 or n % p:
+            return None
+        n //= p
+    n -= loss
+    if n <= 0:
+        return None
+    for _ in range(depth):
+        n = n * p - loss
+    return n if n > 0 else None
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 5])
+def test_valid_output_size_is_computed_and_matches_forward(depth):
+    net = UNet(ModelConfig(base_features=2, depth=depth, padding="valid", batch_norm=False))
+    n = net.valid_input_size(140 if depth < 5 else 200)
+    expected = _reference_output_size(n, depth, 3, 2)
+    assert expected is not None and net.output_size(n) == expected
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, n, n)).shape[-1] == expected
+    assert net.margin * 2 == n - expected
+
+
+def test_invalid_valid_size_raises_with_next_valid_size():
+    net = UNet(ModelConfig(base_features=2, depth=4, padding="valid"))
+    with pytest.raises(ValueError, match="next valid size is 188"):
+        net.output_size(187)
+
+
+def test_same_net_keeps_odd_sizes():
+    net = UNet(ModelConfig(in_channels=3, out_channels=4, base_features=4, depth=4, padding="same")).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 37, 53)).shape == (2, 4, 37, 53)
+        assert net(torch.zeros(1, 3, 1, 9)).shape == (1, 4, 1, 9)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"upsampling": "resize"},
+        {"activation": "elu", "dropout": 0.5},
+        {"padding": "valid", "batch_norm": False, "kernel_size": 3},
+        {"pool_size": 3, "depth": 2},
+    ],
+)
+def test_gradients_are_finite(kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"base_features": 4, "depth": 3, **kw})
+    net = UNet(cfg)
+    n = net.valid_input_size(64)
+    x = torch.randn(2, 1, n, n, requires_grad=True)
+    out = net(x)
+    out.square().mean().backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    net = UNet(ModelConfig(in_channels=3, base_features=2, depth=1))
+    with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
+        net(torch.zeros(1, 1, 16, 16))
+
+
+def test_bad_config_rejected():
+    with pytest.raises(ValueError, match="padding"):
+        UNet(ModelConfig(padding="full"))

@@ -1,0 +1,205 @@
+"""Probabilities -> masks / instances, and threshold tuning, on tiny synthetic maps."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.draw import disk
+
+from biounet.config import PostConfig
+from biounet.data.targets import border_target
+from biounet.postprocess import (
+    connected_components,
+    fill_holes,
+    instances_from_border_probs,
+    instances_from_prob,
+    relabel_sequential,
+    remove_small,
+    segment,
+    threshold_mask,
+    tune_thresholds,
+)
+
+INSTANCES = PostConfig(mode="instances", threshold=0.5, seed_threshold=0.7, min_size=5, fill_holes=True)
+
+
+def _touching_disks(shape: tuple[int, int] = (40, 56)) -> np.ndarray:
+    """Two overlapping disks (radius 10, centres 18 px apart): one blob, two nuclei."""
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[disk((20, 18), 10, shape=shape)] = 1
+    labels[disk((20, 36), 10, shape=shape)] = 2  # overwrites the overlap: a straight shared edge
+    return labels
+
+
+def _border_probs(labels: np.ndarray, smooth: float = 1.0) -> np.ndarray:
+    """A plausible (3, H, W) softmax: the one-hot border3 target, blurred and renormalised."""
+    onehot = np.stack([border_target(labels, 2) == c for c in range(3)]).astype(np.float64)
+    probs = np.stack([ndimage.gaussian_filter(ch, smooth) for ch in onehot]) + 1e-3
+    return probs / probs.sum(0, keepdims=True)
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renumbering of the objects."""
+    return np.array_equal(relabel_sequential(a), relabel_sequential(b))
+
+
+def _mean_best_iou(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Stand-in instance score: each truth object's best IoU, averaged over max(#truth, #pred)."""
+    t_ids, p_ids = np.unique(truth[truth > 0]), np.unique(pred[pred > 0])
+    if len(t_ids) == 0 and len(p_ids) == 0:
+        return 1.0
+    total = 0.0
+    for t in t_ids:
+        tm = truth == t
+        total += max((np.sum(tm & (pred == p)) / np.sum(tm | (pred == p)) for p in p_ids), default=0.0)
+    return total / max(len(t_ids), len(p_ids))
+
+
+# --- building blocks ---------------------------------------------------------
+
+def test_threshold_mask_is_strict():
+    np.testing.assert_array_equal(threshold_mask(np.array([0.4, 0.5, 0.6]), 0.5), [False, False, True])
+
+
+def test_remove_small_drops_specks_and_keeps_ids():
+    lab = np.zeros((10, 10), dtype=np.int32)
+    lab[1:5, 1:5] = 3  # 16 px
+    lab[8, 8] = 4  # 1 px speck
+    lab[7:9, 1:3] = 9  # 4 px
+    out = remove_small(lab, min_size=5)
+    assert set(np.unique(out)) == {0, 3}
+    assert (out[1:5, 1:5] == 3).all()
+
+
+def test_fill_holes_per_object_keeps_nested_object():
+    lab = np.zeros((12, 12), dtype=np.int32)
+    lab[1:10, 1:10] = 1
+    lab[3:8, 3:8] = 0  # hole
+    lab[5, 5] = 2  # another object inside the hole
+    out = fill_holes(lab)
+    assert (out[1:10, 1:10] > 0).all()
+    assert out[5, 5] == 2
+    assert (out[3:8, 3:8][out[3:8, 3:8] != 2] == 1).all()
+
+
+def test_relabel_sequential_gives_1_to_n():
+    lab = np.array([[0, 7, 7], [100, 0, 3]])
+    out = relabel_sequential(lab)
+    assert sorted(np.unique(out)) == [0, 1, 2, 3]
+    assert _same_partition(out, lab) and out.dtype == np.int32
+
+
+# --- instances ----------------------------------------------------------------
+
+def test_border_probs_split_touching_disks_that_components_merge():
+    truth = _touching_disks()
+    probs = _border_probs(truth)
+    assert connected_components(threshold_mask(1 - probs[0], 0.5)).max() == 1
+    labels = instances_from_border_probs(probs, INSTANCES)
+    assert labels.max() == 2 and labels.dtype == np.int32
+    assert _mean_best_iou(truth, labels) > 0.9
+
+
+def test_distance_watershed_splits_touching_disks():
+    truth = _touching_disks()
+    prob = np.where(truth > 0, 0.9, 0.1)
+    assert connected_components(prob > 0.5).max() == 1
+    labels = instances_from_prob(prob, INSTANCES)
+    assert labels.max() == 2
+    assert _mean_best_iou(truth, labels) > 0.85
+
+
+def test_distance_watershed_keeps_an_ellipse_whole():
+    yy, xx = np.mgrid[:40, :60]
+    prob = (((yy - 20) / 8.0) ** 2 + ((xx - 30) / 22.0) ** 2 <= 1).astype(float)
+    assert instances_from_prob(prob, INSTANCES).max() == 1
+
+
+def test_unseeded_component_still_becomes_an_object():
+    truth = np.zeros((30, 40), dtype=np.int32)
+    truth[disk((15, 10), 6)] = 1
+    truth[disk((15, 30), 5)] = 2
+    probs = _border_probs(truth)
+    faint = truth == 2  # foreground, but never confident enough to seed
+    probs[:, faint] = np.array([0.2, 0.5, 0.3])[:, None]
+    labels = instances_from_border_probs(probs, INSTANCES)
+    assert labels.max() == 2
+    assert (labels[faint] > 0).all()
+
+
+def test_instances_are_hole_filled_small_free_and_sequential():
+    prob = np.zeros((40, 40))
+    prob[disk((12, 12), 8)] = 0.9
+    prob[10:14, 10:14] = 0.0  # hole
+    prob[disk((30, 30), 6)] = 0.9
+    prob[2, 37] = prob[3, 37] = 0.9  # 2 px speck
+    labels = instances_from_prob(prob, INSTANCES)
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert (labels[10:14, 10:14] > 0).all()
+    assert labels[2, 37] == 0
+    kept = instances_from_prob(prob, dataclasses.replace(INSTANCES, fill_holes=False, min_size=0))
+    assert (kept[10:14, 10:14] == 0).all() and kept[2, 37] > 0
+
+
+# --- dispatcher ---------------------------------------------------------------
+
+def test_segment_mask_mode_gives_uint8_255():
+    prob = np.array([[[0.2, 0.8], [0.9, 0.1]]])
+    out = segment(prob, PostConfig(mode="mask", threshold=0.5))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[0, 255], [255, 0]])
+    np.testing.assert_array_equal(segment(prob[0], PostConfig(mode="mask")), out)
+
+
+def test_segment_instances_routes_on_channel_count():
+    truth = _touching_disks()
+    probs = _border_probs(truth)
+    np.testing.assert_array_equal(segment(probs, INSTANCES), instances_from_border_probs(probs, INSTANCES))
+    prob = np.where(truth > 0, 0.9, 0.1)[None]
+    np.testing.assert_array_equal(segment(prob, INSTANCES), instances_from_prob(prob[0], INSTANCES))
+    with pytest.raises(ValueError, match="mode"):
+        segment(prob, PostConfig(mode="blobs"))
+
+
+# --- tuning ---------------------------------------------------------------------
+
+def _bridged_squares() -> tuple[np.ndarray, np.ndarray]:
+    """Two squares (p=0.6) joined by a bridge (p=0.4): only threshold 0.5 gives the truth."""
+    truth = np.zeros((20, 30), dtype=np.int32)
+    truth[5:15, 3:11] = 1
+    truth[5:15, 19:27] = 2
+    prob = np.where(truth > 0, 0.6, 0.05)
+    prob[9:11, 11:19] = 0.4
+    return prob, truth
+
+
+def test_tune_thresholds_finds_the_only_correct_threshold():
+    prob, truth = _bridged_squares()
+
+    def post(p: np.ndarray, cfg: PostConfig) -> np.ndarray:
+        return connected_components(threshold_mask(p, cfg.threshold))
+
+    base = PostConfig(mode="instances", min_size=3)
+    best, score = tune_thresholds([prob, prob], [truth, truth], post, _mean_best_iou,
+                                  {"threshold": [0.3, 0.5, 0.7]}, base)
+    assert best.threshold == 0.5 and score == pytest.approx(1.0)
+    assert best.min_size == 3 and best.mode == "instances"  # untouched fields come from base
+
+
+def test_tune_thresholds_searches_every_combination():
+    truth = _touching_disks()
+    probs = _border_probs(truth)
+    grid = {"threshold": [0.5], "seed_threshold": [0.01, 0.7]}  # a 0.01 seed floods both disks as one
+    best, score = tune_thresholds([probs], [truth], instances_from_border_probs, _mean_best_iou, grid, INSTANCES)
+    assert best.seed_threshold == 0.7 and score > 0.9
+
+
+def test_tune_thresholds_rejects_bad_input():
+    prob, truth = _bridged_squares()
+    post, score = (lambda p, c: p > c.threshold), _mean_best_iou
+    with pytest.raises(ValueError, match="not PostConfig fields"):
+        tune_thresholds([prob], [truth], post, score, {"thresh": [0.5]}, PostConfig())
+    with pytest.raises(ValueError, match="ground truths"):
+        tune_thresholds([prob], [], post, score, {"threshold": [0.5]}, PostConfig())
