@@ -1,7 +1,6 @@
 """DSB 2018 layout from folders and zips: labels, channels, zip safety, bad data."""
 from __future__ import annotations
 
-import io as _io
 import logging
 import pickle
 import zipfile

@@ -73,11 +73,12 @@ class TrainConfig:
     momentum: float = 0.99  # SGD only; the paper's value
     schedule: str = "cosine"  # cosine | step | none
     loss: str = "bce_dice"  # bce | dice | bce_dice | ce | ce_dice
-    early_stop: int = 0  # epochs without improvement before stopping; 0 = off
+    early_stop: int = 0  # validations without improvement before stopping; 0 = off
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch default
     amp: bool = True  # mixed precision, used only on CUDA
     val_metric: str = "auto"  # auto | dice | v_rand | dsb
+    val_every: int = 1  # validate every N epochs (and after the last one)
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,7 @@ def read_stack(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: is a folder, expected an image file")
     try:
         if _suffix(path) in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-            pages = _tiff_page_count(path)
-            if pages == 1 or arr.ndim == 2:
-                arr = arr[None]
-            elif arr.ndim == 3 and arr.shape[-1] in (3, 4) and pages == 1:
-                arr = arr[None]
+            arr = _read_tiff(path)
         else:
             import imageio.v3 as iio
 
@@ -68,19 +61,19 @@ def read_stack(path: str | Path) -> np.ndarray:
     return _drop_alpha(arr, path)
 
 
-def _tiff_page_count(path: Path) -> int:
+def _read_tiff(path: Path) -> np.ndarray:
+    """TIFF -> (N, H, W[, C]) using the file's own axes (samples last, pages first)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
-        shape = series.shape
+        arr = series.asarray()
         axes = series.axes
-    # Pages = product of non-spatial, non-sample axes.
-    n = 1
-    for ax, s in zip(axes, shape):
-        if ax not in "YXS":
-            n *= s
-    return n
+    if "S" in axes and axes.index("S") != len(axes) - 1:
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    spatial = 3 if axes.endswith("S") else 2
+    return arr.reshape((-1,) + arr.shape[arr.ndim - spatial :])
 
 
 def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -166,7 +166,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
         torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(tuple(state["numpy_rng"]))
+        np.random.set_state(_numpy_state_from(state["numpy_rng"]))
         random.setstate(_to_tuple(state["python_rng"]))
     elif rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         sched.step()
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - t0, 2)}
-        if rank == 0 and val_items:
+        validate = (epoch + 1) % max(1, cfg.train.val_every) == 0 or epoch + 1 == cfg.train.epochs
+        if rank == 0 and val_items and validate:
             scores = score_predictions(predict_items(segmenter, val_items), cfg, cfg.post)
             record.update({f"val_{k}": v for k, v in scores.items()})
             improved = scores[metric] > best
@@ -214,7 +215,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 checkpoint.write_json(run_dir / "metrics.json", {"epoch": epoch + 1, **scores})
             else:
                 stale += 1
-        elif rank == 0:
+        elif rank == 0 and not val_items:
             checkpoint.save_weights(run_dir / "model.safetensors", model)
         if rank == 0:
             record["val_time"] = round(time.perf_counter() - t0 - record["seconds"], 2)
@@ -227,11 +228,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             checkpoint.save_state(run_dir / "last.pt", {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "epoch": epoch, "best": best, "stale": stale, "torch_rng": torch.get_rng_state(),
-                "numpy_rng": list(np.random.get_state()), "python_rng": list(random.getstate()),
+                "numpy_rng": _numpy_state_to(), "python_rng": list(random.getstate()),
             })
             plot_history(run_dir)
-        if cfg.train.early_stop and stale >= cfg.train.early_stop:
-            log.info("early stop: no improvement of %s for %d epochs", metric, stale)
+        stop = bool(cfg.train.early_stop and stale >= cfg.train.early_stop)
+        if world > 1:  # rank 0 decides; every rank must leave the loop together
+            flag = torch.tensor([int(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        if stop:
+            log.info("early stop: no improvement of %s for %d validations", metric, stale)
             break
 
     result: dict = {}
@@ -267,6 +273,17 @@ def _crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return y
     top, left = (y.shape[-2] - h) // 2, (y.shape[-1] - w) // 2
     return y[..., top : top + h, left : left + w]
+
+
+def _numpy_state_to() -> list:
+    """NumPy's global RNG state as tensors/ints, so ``weights_only`` loading accepts it."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
 
 
 def _to_tuple(x):

@@ -35,6 +35,7 @@ __all__ = [
     "load_coco",
     "coco_labels",
     "load_coco_image",
+    "segmentation_to_mask",
     "coco_rle_to_mask",
     "polygon_to_mask",
     "encode_coco_rle",

@@ -5,8 +5,8 @@ training data, ``<stage>/<ImageId>/masks/<MaskId>.png``: one binary PNG per
 nucleus. Folders without ``masks/`` (the stage 1 and 2 test sets) are
 prediction inputs.
 
-A zip is read in place, never extracted: 24,000 small PNGs unpacked per run
-would cost more than decoding them from the archive. :class:`DsbItem` holds
+A zip is read in place, never extracted, so the 24,000 PNGs of stage 1 need
+no second copy on disk that can go stale. :class:`DsbItem` holds
 only paths and member names, so it pickles cheaply into DataLoader workers;
 each process opens its own handle to the archive on first use
 (:func:`_open_zip`), because a ``ZipFile`` shared across a fork shares one file
@@ -55,7 +55,8 @@ class DsbItem:
 
     @property
     def is_zip(self) -> bool:
-        return self.source.suffix.lower() == ".zip" and self.source.is_file()
+        # A stage folder is a directory; anything else list_dsb_items accepted is an archive.
+        return self.source.is_file()
 
     def describe(self, member: str) -> str:
         """How error messages name ``member``: the file, or ``archive.zip::member``."""

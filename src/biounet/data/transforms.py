@@ -252,18 +252,23 @@ def warp(
     _check_pair(image, labels)
     out_hw = coords.shape[1:]
     channels = image.shape[2]
+    # ndimage has no float16 kernels: resample such images in float32 and cast back.
+    source = image if image.dtype in (np.float32, np.float64) else image.astype(np.float32)
     # Channel-first buffer: each map_coordinates call writes contiguously.
-    planes = np.empty((channels, *out_hw), dtype=image.dtype)
+    planes = np.empty((channels, *out_hw), dtype=source.dtype)
     for c in range(channels):
-        ndi.map_coordinates(image[:, :, c], coords, output=planes[c], order=1, mode="reflect")
+        ndi.map_coordinates(source[:, :, c], coords, output=planes[c], order=1, mode="reflect")
     src_labels = labels.view(np.uint8) if labels.dtype == np.bool_ else labels
     out_labels = ndi.map_coordinates(src_labels, coords, order=0, mode="reflect")
     if labels.dtype == np.bool_:
         out_labels = out_labels.view(np.bool_)
-    return np.ascontiguousarray(np.moveaxis(planes, 0, -1)), out_labels
+    return np.moveaxis(planes, 0, -1).astype(image.dtype, order="C"), out_labels
 
 
-def _draw_affine(rng: np.random.Generator, out_shape: tuple[int, int]) -> tuple[float, float, tuple[float, float]]:
+def _draw_affine(
+    rng: np.random.Generator, out_shape: tuple[int, int]
+) -> tuple[float, float, tuple[float, float]]:
+    """Angle (degrees), scale and shift (pixels, a fraction of the output size)."""
     angle = float(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
     scale = float(np.exp(rng.uniform(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1]))))
     shift = rng.uniform(-SHIFT_FRACTION, SHIFT_FRACTION, size=2) * np.asarray(out_shape, dtype=np.float64)
@@ -339,10 +344,13 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Returns:
         New C-contiguous image, same shape and dtype.
     """
-    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"image must be floating point (normalised), got {image.dtype}")
     channels = image.shape[2]
-    # Draw every parameter up front so the stream does not depend on the data.
+    # Scalars are drawn up front so a seed gives the same jitter whatever the
+    # image content; only the noise array is drawn later, and only when used.
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.0 / 0.7))))
     contrast = float(np.exp(rng.uniform(np.log(0.75), np.log(1.0 / 0.75))))
     brightness = float(rng.uniform(-0.1, 0.1))
@@ -356,12 +364,12 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     span = hi - lo
     if span <= 0 or not np.isfinite(span):
         return out  # constant (or non-finite) image: nothing meaningful to jitter
-    std = float(out[::2, ::2].std()) or span  # strided: statistics, not exactness
+    std = float(out.std()) or span
 
     out -= lo
     out *= 1.0 / span
     np.power(out, gamma, out=out)
-    mean01 = float(out[::2, ::2].mean())
+    mean01 = float(out.mean())
     # Contrast about the mean, then brightness; folded into one multiply-add.
     out *= span * contrast
     out += lo + (mean01 * span) * (1.0 - contrast) + brightness * std
@@ -369,7 +377,8 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out *= gains.astype(out.dtype)
         out += (offsets * std).astype(out.dtype)
     if noisy and noise_std > 0:
-        noise = rng.standard_normal(size=out.shape, dtype=np.float32 if out.dtype == np.float32 else np.float64)
+        noise_dtype = np.float32 if out.dtype == np.float32 else np.float64  # what the generator offers
+        noise = rng.standard_normal(size=out.shape, dtype=noise_dtype)
         noise *= noise_std * std
         out += noise.astype(out.dtype, copy=False)
     return out

@@ -1,0 +1,508 @@
+"""Overlap-tile inference: predict images of any size, a tile at a time.
+
+The image is cut into square tiles on a grid whose last tile is flush with the
+border (nnU-Net's ``compute_steps``), the network runs on batches of tiles and
+the outputs are written into an array the caller owns: a numpy array, an
+``np.memmap`` or a zarr array. Memory is bounded by a batch of tiles, so a
+20000 x 20000 image streams from a memmap to a memmap.
+
+Two kinds of network, one code path:
+
+* ``valid`` nets (``margin`` m > 0, the U-Net paper's overlap-tile strategy):
+  output tiles abut, and each input tile is its output tile plus m pixels of
+  context read from the mirror-padded image. Tile starts are multiples of the
+  network's total down-sampling (``align``), so every tile sees the pooling
+  grid the whole image would, and the tiled prediction equals the whole-image
+  prediction up to float rounding.
+* ``same`` nets (m = 0): tiles overlap by ``overlap`` pixels (by default the
+  receptive field, see :func:`fit_to_model`) and are blended with a smooth
+  window that never reaches zero, normalised by the summed weights. The
+  window is separable and the grid is a product grid, so the weight sum is
+  the outer product of two 1D sums: nothing of size (H, W) is accumulated.
+
+Borders are mirror-padded (reflect; a 1-pixel axis can only repeat itself).
+Everything here is arrays in, arrays out; :func:`open_output` is the one helper
+that creates a file, for callers who want a memmap or zarr output.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+BLENDS = ("gaussian", "cosine", "constant")
+WINDOW_FLOOR = 1e-3  # per axis, relative to the window's maximum
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How to tile one image.
+
+    ``tile`` is the *input* tile side; a valid net's output tile is
+    ``tile - 2 * margin``. ``overlap`` is the overlap of neighbouring *output*
+    tiles in pixels; ``None`` means 0 for valid nets (they need none) and,
+    for same nets, whatever :func:`fit_to_model` derives from the receptive
+    field (``tile // 4`` when no model is at hand). ``blend`` weights the
+    overlaps: ``gaussian`` (sigma = tile / 8, as nnU-Net and MONAI),
+    ``cosine`` (a raised-cosine taper over the overlap, which sums to one
+    across a regular seam) or ``constant`` (plain average). ``tta`` averages
+    the 8 flips/rotations of each tile.
+    """
+
+    tile: int = 512
+    overlap: int | None = None
+    batch_size: int = 4
+    tta: bool = False
+    blend: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.batch_size < 1:
+            raise ValueError(f"tile and batch_size must be >= 1, got {self.tile} and {self.batch_size}")
+        if self.overlap is not None and self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0 or None, got {self.overlap}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+
+
+@dataclass(frozen=True)
+class NetGeometry:
+    """What tiling must know about a network.
+
+    ``margin``: pixels lost per side by a valid net (0 for same nets).
+    ``align``: total down-sampling (``pool_size ** depth``); tile starts are
+    multiples of it so max-pooling windows line up with the whole-image ones.
+    """
+
+    margin: int = 0
+    align: int = 1
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.align < 1:
+            raise ValueError(f"invalid geometry: margin={self.margin}, align={self.align}")
+
+
+# ---- geometry helpers ------------------------------------------------------
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Starts of tiles of size ``tile`` every ``step`` pixels, the last flush with ``length``.
+
+    Regular steps keep every start a multiple of ``step`` except the last,
+    which is moved back so the tiles end exactly at the border (it then
+    overlaps its neighbour more). ``length <= tile`` gives ``[0]``: the caller
+    pads the image up to one tile.
+    """
+    if tile < 1 or step < 1:
+        raise ValueError(f"tile and step must be >= 1, got {tile} and {step}")
+    if length <= tile:
+        return [0]
+    n = -(-(length - tile) // step)  # ceil: regular starts strictly before the flush one
+    return [i * step for i in range(n)] + [length - tile]
+
+
+def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer coordinates into ``[0, n)`` by reflection (``np.pad`` "reflect").
+
+    Periodic, so pads wider than the image still work (a 5-row image can be
+    padded to a 512-row tile). With ``n == 1`` reflection is undefined and the
+    single pixel is repeated (edge padding).
+    """
+    idx = np.asarray(idx)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    i = np.mod(idx, period)
+    return np.where(i >= n, period - i, i)
+
+
+def blend_window(size: int, blend: str, overlap: int = 0) -> np.ndarray:
+    """1D blending weights (float64, max 1, min >= ``WINDOW_FLOOR``) for a tile side.
+
+    The 2D window is the outer product of two of these. The floor keeps every
+    pixel's weight sum positive, so normalisation never divides by zero.
+    """
+    if blend == "constant":
+        w = np.ones(size)
+    elif blend == "gaussian":
+        x = np.arange(size) - (size - 1) / 2
+        w = np.exp(-(x**2) / (2 * (size / 8) ** 2))
+    elif blend == "cosine":
+        w = np.ones(size)
+        ramp = min(overlap, size // 2)
+        if ramp > 0:
+            up = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
+            w[:ramp] = up
+            w[size - ramp :] = up[::-1]
+    else:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return np.maximum(w / w.max(), WINDOW_FLOOR)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Tile layout along one axis, in output coordinates.
+
+    ``canvas`` >= the image length: the image is mirror-extended at the far end
+    so tiles fit (images smaller than a tile) and the flush tile stays aligned.
+    ``weights[i]`` is tile i's window divided by the summed windows of all
+    tiles covering each pixel; ``fresh[i]`` is the first pixel no earlier
+    tile wrote (earlier pixels are accumulated, later ones assigned).
+    """
+
+    length: int
+    canvas: int
+    starts: tuple[int, ...]
+    weights: tuple[np.ndarray, ...]
+    fresh: tuple[int, ...]
+
+
+def _step(out_tile: int, overlap: int, align: int) -> int:
+    if overlap >= out_tile:
+        raise ValueError(f"overlap {overlap} must be smaller than the output tile {out_tile}")
+    step = (out_tile - overlap) // align * align
+    if step < 1:
+        if align > out_tile:
+            raise ValueError(f"output tile {out_tile} is smaller than the alignment {align}")
+        step = align  # the requested overlap is not reachable on the aligned grid
+    return step
+
+
+def _axis(length: int, out_tile: int, step: int, align: int, window: np.ndarray) -> _Axis:
+    canvas = max(length, out_tile)
+    canvas += -(canvas - out_tile) % align
+    starts = tile_starts(canvas, out_tile, step)
+    total = np.zeros(canvas)
+    for s in starts:
+        total[s : s + out_tile] += window
+    weights = tuple((window / total[s : s + out_tile]).astype(np.float32) for s in starts)
+    fresh = tuple(s if i == 0 else min(max(starts[i - 1] + out_tile, s), s + out_tile) for i, s in enumerate(starts))
+    return _Axis(length, canvas, tuple(starts), weights, fresh)
+
+
+# ---- reading and writing -----------------------------------------------------
+class _WithChannel:
+    """Present a lazily indexed (H, W) array-like as (1, H, W)."""
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+        self.shape = (1, *arr.shape)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return np.asarray(self.arr[key[1:]])[None]
+
+
+def _as_chw(image: Any) -> Any:
+    if image.ndim == 2:
+        return _WithChannel(image)
+    if image.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) or (H, W) image, got shape {tuple(image.shape)}")
+    return image
+
+
+def _axis_index(start: int, size: int, n: int) -> tuple[slice, np.ndarray | None]:
+    """A contiguous read range and, near borders, the mirrored indices inside it."""
+    if start >= 0 and start + size <= n:
+        return slice(start, start + size), None
+    idx = mirror_index(np.arange(start, start + size), n)
+    lo = int(idx.min())
+    return slice(lo, int(idx.max()) + 1), idx - lo
+
+
+def read_tile(image: Any, top: int, left: int, size: int, dst: np.ndarray) -> None:
+    """Copy the ``size`` x ``size`` window at (top, left) of a mirror-padded (C, H, W) image into ``dst``.
+
+    Only the rows and columns the window needs are read, so a memmap or zarr
+    image is never loaded whole.
+    """
+    rows, ri = _axis_index(top, size, image.shape[-2])
+    cols, ci = _axis_index(left, size, image.shape[-1])
+    block = image[:, rows, cols]
+    if ri is not None:
+        block = np.take(block, ri, axis=1)
+    if ci is not None:
+        block = np.take(block, ci, axis=2)
+    dst[...] = block
+
+
+def _put(out: Any, tile: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int], add: bool) -> None:
+    """Write (or add) the part of ``tile`` inside ``box`` (canvas coords, clipped to ``out``)."""
+    y0, x0 = origin
+    ya, yb, xa, xb = box
+    yb, xb = min(yb, out.shape[-2]), min(xb, out.shape[-1])
+    if ya >= yb or xa >= xb:
+        return
+    part = tile[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
+    if add:
+        out[:, ya:yb, xa:xb] += part
+    else:
+        out[:, ya:yb, xa:xb] = part
+
+
+def _write(out: Any, pred: np.ndarray, ay: _Axis, ax: _Axis, i: int, j: int) -> None:
+    """Blend tile (i, j) into ``out``; tiles must arrive in row-major order.
+
+    Pixels no earlier tile touched are assigned, the rest accumulated, so
+    ``out`` needs no zero-filling and write-once stores (zarr chunks) see
+    each pixel written as few times as possible.
+    """
+    y0, x0, size = ay.starts[i], ax.starts[j], pred.shape[-1]
+    tile = pred * (ay.weights[i][:, None] * ax.weights[j][None, :])
+    fy, fx = ay.fresh[i], ax.fresh[j]
+    _put(out, tile, (y0, x0), (y0, fy, x0, x0 + size), add=True)
+    _put(out, tile, (y0, x0), (fy, y0 + size, x0, fx), add=True)
+    _put(out, tile, (y0, x0), (fy, y0 + size, fx, x0 + size), add=False)
+
+
+# ---- prediction --------------------------------------------------------------
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, (-2, -1))
+    return torch.flip(x, (-1,)) if flip else x
+
+
+def _undo_dihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        y = torch.flip(y, (-1,))
+    return torch.rot90(y, -k, (-2, -1))
+
+
+def _run(predict_fn: PredictFn, batch: torch.Tensor, tta: bool) -> np.ndarray:
+    """(B, C, T, T) -> (B, K, o, o) float32; with ``tta`` the mean over the dihedral group."""
+    if not tta:
+        y = predict_fn(batch)
+    else:
+        y = sum(_undo_dihedral(predict_fn(_dihedral(batch, k, f)), k, f) for k in range(4) for f in (False, True))
+        y = y / 8
+    if isinstance(y, torch.Tensor):
+        return y.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(y, dtype=np.float32)
+
+
+def predict_tiled(
+    predict_fn: PredictFn,
+    image: Any,
+    cfg: TileConfig,
+    geometry: NetGeometry = NetGeometry(),
+    out: Any | None = None,
+    progress: bool = False,
+) -> Any:
+    """Predict a (C, H, W) image tile by tile into a (K, H, W) float32 array.
+
+    ``predict_fn`` maps a float32 CPU tensor (B, C, T, T) to (B, K, T - 2m, T - 2m)
+    (m = ``geometry.margin``), logits or probabilities as the caller likes:
+    tiles are averaged as they are. It runs under ``torch.inference_mode`` and
+    may move the batch to its device; its output may alias its input.
+    ``image`` is any lazily sliceable array (numpy, memmap, zarr); (H, W) is
+    taken as one channel. ``out`` is any (K, H, W) array supporting slice
+    assignment (numpy, memmap, zarr); it need not be zeroed, and one is
+    allocated in memory when omitted. Returns ``out``.
+    """
+    img = _as_chw(image)
+    _, height, width = img.shape
+    size, m = cfg.tile, geometry.margin
+    out_tile = size - 2 * m
+    if out_tile < 1:
+        raise ValueError(f"tile {size} is too small for margin {m}: the output tile would be empty")
+    overlap = cfg.overlap if cfg.overlap is not None else (0 if m else size // 4)
+    step = _step(out_tile, overlap, geometry.align)
+    window = blend_window(out_tile, cfg.blend, overlap)
+    ay = _axis(height, out_tile, step, geometry.align, window)
+    ax = _axis(width, out_tile, step, geometry.align, window)
+    tiles = [(i, j) for i in range(len(ay.starts)) for j in range(len(ax.starts))]
+    log.debug("tiling %dx%d: %d tiles of %d (step %d, margin %d)", height, width, len(tiles), size, step, m)
+
+    buf = np.empty((min(cfg.batch_size, len(tiles)), img.shape[0], size, size), np.float32)
+    batch_t = torch.from_numpy(buf)
+    with torch.inference_mode(), tqdm(total=len(tiles), unit="tile", disable=not progress, leave=False) as bar:
+        for b0 in range(0, len(tiles), len(buf)):
+            batch = tiles[b0 : b0 + len(buf)]
+            for k, (i, j) in enumerate(batch):
+                read_tile(img, ay.starts[i] - m, ax.starts[j] - m, size, buf[k])
+            pred = _run(predict_fn, batch_t[: len(batch)], cfg.tta)
+            out = _check_output(pred, len(batch), out_tile, out, (height, width))
+            for k, (i, j) in enumerate(batch):
+                _write(out, pred[k], ay, ax, i, j)
+            bar.update(len(batch))
+    return out
+
+
+def _check_output(pred: np.ndarray, n: int, out_tile: int, out: Any | None, hw: tuple[int, int]) -> Any:
+    if pred.ndim != 4 or pred.shape[0] != n or pred.shape[-2:] != (out_tile, out_tile):
+        raise ValueError(
+            f"predict_fn returned shape {pred.shape}, expected ({n}, K, {out_tile}, {out_tile}); "
+            "for a valid net the tile must be a valid input size and the margin must match (see fit_to_model)"
+        )
+    shape = (pred.shape[1], *hw)
+    if out is None:
+        return np.empty(shape, np.float32)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
+    return out
+
+
+# ---- network-aware helpers ---------------------------------------------------
+def receptive_field(module: nn.Module, in_channels: int, size: int = 64, max_size: int = 1024) -> int:
+    """Receptive field side (pixels) of a 2D network, measured empirically.
+
+    The gradient of the centre output pixel w.r.t. a random input (eval mode,
+    4 random inputs, support unioned) has the receptive field as its support.
+    The input grows until the support no longer touches its border. Max
+    pooling passes gradient only to each window's maximum, so the result may
+    fall short of the theoretical field by a pixel or two; it is meant for
+    choosing overlaps, not for geometry (use ``margin`` for that).
+    The module's train/eval mode is restored afterwards.
+    """
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    valid_size = getattr(module, "valid_input_size", lambda n: n)
+    gen = torch.Generator().manual_seed(0)
+    was_training = module.training
+    module.eval()
+    try:
+        n = size
+        while True:
+            n_in = valid_size(n)
+            x = torch.randn(4, in_channels, n_in, n_in, generator=gen).to(device, dtype).requires_grad_(True)
+            with torch.enable_grad():
+                y = module(x)
+                centre = y[:, :, y.shape[-2] // 2, y.shape[-1] // 2].sum()
+                (grad,) = torch.autograd.grad(centre, x)
+            support = grad.abs().sum((0, 1)) > 0
+            rows = torch.nonzero(support.any(1)).flatten()
+            cols = torch.nonzero(support.any(0)).flatten()
+            touches = bool(rows[0] == 0 or cols[0] == 0 or rows[-1] == n_in - 1 or cols[-1] == n_in - 1)
+            if not touches or n_in >= max_size:
+                if touches:
+                    log.warning("receptive field reaches the %d-pixel probe's border; it is at least that", n_in)
+                return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
+            n = 2 * n_in
+    finally:
+        module.train(was_training)
+
+
+def geometry_of(module: nn.Module) -> NetGeometry:
+    """Margin and alignment of a :class:`~biounet.models.unet.UNet` (or any module with ``margin``/``cfg``)."""
+    cfg = getattr(module, "cfg", None)
+    align = cfg.pool_size**cfg.depth if cfg is not None and hasattr(cfg, "depth") else 1
+    return NetGeometry(margin=int(getattr(module, "margin", 0)), align=align)
+
+
+def fit_to_model(module: nn.Module, cfg: TileConfig, in_channels: int | None = None) -> tuple[TileConfig, NetGeometry]:
+    """Resolve ``cfg`` for a network: a valid, aligned tile and a concrete overlap.
+
+    Valid nets: the tile grows to the next valid input size, overlap defaults
+    to 0. Same nets: the tile grows to a multiple of ``align`` (no internal
+    padding) and the overlap defaults to the measured receptive field, so
+    every pixel lies outside the border-affected zone of at least one tile;
+    it is capped at half the tile (a warning says to use bigger tiles).
+    Measure once per model and reuse the result for every image.
+    """
+    geo = geometry_of(module)
+    if geo.margin:
+        tile = module.valid_input_size(cfg.tile)
+        return replace(cfg, tile=tile, overlap=cfg.overlap if cfg.overlap is not None else 0), geo
+    tile = -(-cfg.tile // geo.align) * geo.align
+    overlap = cfg.overlap
+    if overlap is None:
+        if in_channels is None:
+            in_channels = module.cfg.in_channels
+        overlap = receptive_field(module, in_channels)
+        if overlap > tile // 2:
+            log.warning("receptive field %d exceeds half the tile %d; overlap capped, use bigger tiles", overlap, tile)
+            overlap = tile // 2
+    return replace(cfg, tile=tile, overlap=overlap), geo
+
+
+# ---- block-wise instance labelling -------------------------------------------
+def _anchored(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
+    """Per label: is the floor of its centroid inside ``core`` (y0, y1, x0, x1)?"""
+    flat = labels.ravel()
+    n = int(flat.max()) + 1 if flat.size else 1
+    yy, xx = np.indices(labels.shape)
+    count = np.bincount(flat, minlength=n)
+    sy = np.bincount(flat, weights=yy.ravel(), minlength=n)  # exact: integer sums < 2**53
+    sx = np.bincount(flat, weights=xx.ravel(), minlength=n)
+    safe = np.maximum(count, 1)
+    cy = sy.astype(np.int64) // safe
+    cx = sx.astype(np.int64) // safe
+    y0, y1, x0, x1 = core
+    keep = (count > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    keep[0] = False
+    return keep
+
+
+def label_blockwise(
+    image: Any,
+    label_fn: Callable[[np.ndarray], np.ndarray],
+    block: int,
+    halo: int,
+    out: Any | None = None,
+    progress: bool = False,
+) -> Any:
+    """Instance labels of a large (..., H, W) image computed block by block.
+
+    Each ``block`` x ``block`` core is labelled with ``halo`` pixels of context
+    on every side (clipped at the image border, where the whole-image labelling
+    sees the border too). An object is kept by the one block whose core holds
+    the floor of its centroid, and pasted whole, halo part included, onto
+    still-unlabelled pixels of ``out``. Cores partition the image, so no object
+    is duplicated, and none is cut as long as every object plus the context
+    ``label_fn`` needs to label it the same way (for a seeded watershed: its
+    touching neighbours) fits within ``halo`` of its centroid; then the result
+    equals ``label_fn`` on the whole image up to a renumbering. ``label_fn``
+    maps a (..., h, w) window to (h, w) integer labels, 0 = background.
+    ``out`` is an (H, W) integer array that must start at zero (np.zeros, a
+    fresh memmap, zarr with fill_value 0); int32 in memory when omitted.
+    Labels are numbered 1.. in block raster order. Returns ``out``.
+    """
+    if block < 1 or halo < 0:
+        raise ValueError(f"block must be >= 1 and halo >= 0, got {block} and {halo}")
+    height, width = image.shape[-2:]
+    if out is None:
+        out = np.zeros((height, width), np.int32)
+    next_id = 1
+    corners = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
+    for y, x in tqdm(corners, unit="block", disable=not progress, leave=False):
+        wy0, wx0 = max(0, y - halo), max(0, x - halo)
+        wy1, wx1 = min(height, y + block + halo), min(width, x + block + halo)
+        labels = np.asarray(label_fn(np.asarray(image[..., wy0:wy1, wx0:wx1])))
+        if labels.shape != (wy1 - wy0, wx1 - wx0):
+            raise ValueError(f"label_fn returned shape {labels.shape} for a {(wy1 - wy0, wx1 - wx0)} window")
+        core = (y - wy0, min(y + block, height) - wy0, x - wx0, min(x + block, width) - wx0)
+        keep = np.flatnonzero(_anchored(labels.astype(np.int64, copy=False), core))
+        if not len(keep):
+            continue
+        lut = np.zeros(int(labels.max()) + 1, np.int64)
+        lut[keep] = np.arange(next_id, next_id + len(keep))
+        next_id += len(keep)
+        pasted = lut[labels]
+        region = np.asarray(out[wy0:wy1, wx0:wx1])
+        out[wy0:wy1, wx0:wx1] = np.where((pasted > 0) & (region == 0), pasted, region)
+    return out
+
+
+# ---- outputs ------------------------------------------------------------------
+def open_output(shape: tuple[int, ...], dtype: Any = np.float32, path: str | Path | None = None) -> Any:
+    """A zero-filled output array: in memory, a ``.npy`` memmap, or a ``.zarr`` store.
+
+    For outputs too large for memory; the chunks of a zarr store follow the
+    last two axes in 512-pixel squares. zarr is imported only when asked for.
+    """
+    if path is None:
+        return np.zeros(shape, dtype)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zarr":
+        import zarr
+
+        chunks = (*([1] * (len(shape) - 2)), *(min(512, s) for s in shape[-2:]))
+        return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))

@@ -1,0 +1,61 @@
+"""File formats: bit depths, channels, stacks, clear errors, atomic writes."""
+import numpy as np
+import pytest
+import tifffile
+
+from biounet.io import InputError, atomic_path, list_images, read_image, read_stack, write_image
+
+
+def test_png_rgba_drops_alpha_and_16bit_tiff_keeps_dtype(tmp_path):
+    import imageio.v3 as iio
+
+    rgba = np.zeros((5, 7, 4), np.uint8)
+    rgba[..., 0] = 10
+    rgba[..., 3] = 255
+    iio.imwrite(tmp_path / "a.png", rgba)
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (5, 7, 3) and img[0, 0, 0] == 10
+    arr16 = (np.arange(35).reshape(5, 7) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "b.tif", arr16)
+    out = read_image(tmp_path / "b.tif")
+    assert out.dtype == np.uint16 and np.array_equal(out, arr16)
+
+
+def test_stack_pages_and_single_rgb_tiff(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((3, 8, 9), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 8, 9), np.uint8), photometric="rgb", planarconfig="separate")
+    assert read_stack(tmp_path / "planar.tif").shape == (1, 8, 9, 3)
+    assert read_stack(tmp_path / "s.tif").shape == (3, 8, 9)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 9, 3), np.uint8), photometric="rgb")
+    assert read_image(tmp_path / "rgb.tif").shape == (8, 9, 3)
+    with pytest.raises(InputError, match="stack of 3 pages"):
+        read_image(tmp_path / "s.tif")
+
+
+def test_corrupt_missing_and_empty(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match=r"bad\.png: cannot read image"):
+        read_image(bad)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing.tif")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        list_images(tmp_path / "empty")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.tif"
+    write_image(target, np.ones((4, 4), np.uint8))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert np.array_equal(read_image(target), np.ones((4, 4), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_write_stack_round_trip(tmp_path):
+    arr = np.random.default_rng(0).random((2, 6, 5)).astype(np.float32)
+    write_image(tmp_path / "p.tif", arr)
+    assert np.array_equal(read_stack(tmp_path / "p.tif"), arr)

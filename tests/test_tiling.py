@@ -1,0 +1,280 @@
+"""Overlap-tile inference: stitching is invisible, borders mirror, memory streams."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+from torch import nn
+
+from biounet.config import ModelConfig
+from biounet.models.unet import UNet
+from biounet.tiling import (
+    WINDOW_FLOOR,
+    NetGeometry,
+    TileConfig,
+    blend_window,
+    fit_to_model,
+    label_blockwise,
+    mirror_index,
+    open_output,
+    predict_tiled,
+    receptive_field,
+    tile_starts,
+)
+
+
+def add_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+def crop_add_one(m: int):
+    """Emulates a valid net: loses ``m`` pixels per side."""
+    return lambda x: x[..., m : x.shape[-2] - m, m : x.shape[-1] - m] + 1
+
+
+def tiny_unet(padding: str) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(base_features=4, depth=2, padding=padding)).double().eval()
+    # non-trivial batch-norm statistics, so eval mode matters
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def canvas(n: int, out_tile: int, align: int) -> int:
+    """Length the tiling covers: >= one tile, and the flush tile start aligned."""
+    n = max(n, out_tile)
+    return n + (-(n - out_tile)) % align
+
+
+def run_net(net: UNet):
+    return lambda x: net(x.double())
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+# ---- grid ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("length", "tile", "step", "expected"),
+    [
+        (10, 4, 4, [0, 4, 6]),
+        (12, 4, 4, [0, 4, 8]),
+        (13, 4, 2, [0, 2, 4, 6, 8, 9]),
+        (4, 4, 1, [0]),
+        (3, 8, 4, [0]),
+        (100, 32, 24, [0, 24, 48, 68]),
+    ],
+)
+def test_tile_starts_cover_with_last_tile_flush(length, tile, step, expected):
+    starts = tile_starts(length, tile, step)
+    assert starts == expected
+    covered = np.zeros(max(length, tile), bool)
+    for s in starts:
+        covered[s : s + tile] = True
+    assert covered.all()
+    assert starts[-1] == max(length - tile, 0)
+    assert all(b - a <= step for a, b in zip(starts, starts[1:]))
+
+
+def test_mirror_index_matches_numpy_reflect_and_handles_wide_pads():
+    x = np.arange(5)
+    idx = np.arange(-4, 9)
+    np.testing.assert_array_equal(x[mirror_index(idx, 5)], np.pad(x, 4, mode="reflect"))
+    assert set(mirror_index(np.arange(-30, 30), 3)) == {0, 1, 2}
+    np.testing.assert_array_equal(mirror_index(np.arange(-3, 4), 1), 0)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine", "constant"])
+def test_blend_window_never_reaches_zero(blend):
+    w = blend_window(32, blend, overlap=8)
+    assert w.min() >= WINDOW_FLOOR and w.max() == 1.0
+
+
+def test_cosine_taper_sums_to_one_across_a_seam():
+    w = blend_window(32, "cosine", overlap=8)
+    np.testing.assert_allclose(w[-8:] + w[:8], 1.0)
+
+
+# ---- reconstruction through the tiling ---------------------------------------
+@pytest.mark.parametrize("hw", [(37, 53), (1, 40), (5, 3), (64, 64)])
+@pytest.mark.parametrize("blend", ["gaussian", "cosine", "constant"])
+def test_add_one_predictor_reconstructs_the_input(rng, hw, blend):
+    img = rng.random((2, *hw), dtype=np.float32)
+    cfg = TileConfig(tile=16, overlap=5, batch_size=3, blend=blend)
+    out = predict_tiled(add_one, img, cfg)
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, img + 1, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (1, 9), (30, 30)])
+@pytest.mark.parametrize("align", [1, 4])
+def test_valid_net_emulation_reconstructs_the_input(rng, hw, align):
+    m = 6
+    img = rng.random(hw, dtype=np.float32)  # (H, W): one channel
+    out = predict_tiled(crop_add_one(m), img, TileConfig(tile=28, batch_size=2), NetGeometry(m, align))
+    assert out.shape == (1, *hw)
+    np.testing.assert_allclose(out[0], img + 1, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [0, 3])
+def test_tta_with_identity_predictor_returns_the_input(rng, margin):
+    img = rng.random((1, 23, 31), dtype=np.float32)
+    cfg = TileConfig(tile=16, overlap=4, tta=True)
+    out = predict_tiled(crop_add_one(margin), img, cfg, NetGeometry(margin))
+    np.testing.assert_allclose(out, img + 1, rtol=0, atol=1e-6)
+
+
+def test_tta_averages_the_inverted_transforms():
+    """A predictor that sees orientation (x-ramp) must be averaged back to symmetric."""
+    def ramp(x: torch.Tensor) -> torch.Tensor:
+        return torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x).clone()
+
+    out = predict_tiled(ramp, np.zeros((1, 8, 8), np.float32), TileConfig(tile=8, tta=True))
+    np.testing.assert_allclose(out[0], out[0].T, atol=1e-6)
+    np.testing.assert_allclose(out[0], np.rot90(out[0]), atol=1e-6)
+
+
+# ---- real networks --------------------------------------------------------------
+@pytest.mark.parametrize("hw", [(36, 52), (37, 53), (1, 20)])
+def test_tiled_equals_untiled_for_a_valid_unet(rng, hw):
+    net = tiny_unet("valid")
+    cfg, geo = fit_to_model(net, TileConfig(tile=64, batch_size=4))
+    assert (cfg.tile, geo.margin, geo.align) == (64, 20, 4)
+    img = rng.random((1, *hw), dtype=np.float32)
+    out = predict_tiled(run_net(net), img, cfg, geo)
+    # reference: the whole image mirror-padded by the margin, and on the far side up
+    # to the tiling canvas (>= one output tile, aligned), in one forward pass
+    out_tile = cfg.tile - 2 * geo.margin
+    rows, cols = (mirror_index(np.arange(-geo.margin, canvas(n, out_tile, geo.align) + geo.margin), n) for n in hw)
+    padded = img[0][rows][:, cols]
+    with torch.no_grad():
+        whole = net(torch.from_numpy(padded)[None, None].double())[0].numpy()
+    np.testing.assert_allclose(out, whole[:, : hw[0], : hw[1]], rtol=0, atol=1e-5)
+
+
+def test_tiled_is_close_to_untiled_for_a_same_unet(rng):
+    """Same nets zero-pad every tile, so the match is approximate: with the overlap at
+    least the receptive field and Gaussian blending the max error is ~1e-3 of the output
+    range; the tolerance (5e-3 of the range) documents that, it is not a tuned number."""
+    net = tiny_unet("same")
+    rf = receptive_field(net, 1)
+    cfg, geo = fit_to_model(net, TileConfig(tile=96, overlap=rf, batch_size=4))
+    img = rng.random((1, 200, 200), dtype=np.float32)
+    out = predict_tiled(run_net(net), img, cfg, geo)
+    with torch.no_grad():
+        whole = net(torch.from_numpy(img)[None].double())[0].numpy()
+    span = whole.max() - whole.min()
+    assert np.abs(out - whole).max() < 5e-3 * span
+    # and it really is tiled: 4 x 4 tiles
+    assert cfg.tile == 96 and cfg.overlap >= rf
+
+
+def test_receptive_field_of_known_stacks():
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    assert receptive_field(conv, 2) == 3
+    stack = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 1, 5, padding=2)).train()
+    assert receptive_field(stack, 1) == 7
+    assert stack.training  # mode restored
+    net = tiny_unet("valid")
+    assert 2 * net.margin + 1 <= receptive_field(net, 1) <= 2 * net.margin + 1 + 2 * 3  # pooling phase
+
+
+def test_fit_to_model_rounds_tiles_and_caps_overlap():
+    cfg, geo = fit_to_model(tiny_unet("valid"), TileConfig(tile=50))
+    assert (cfg.tile, cfg.overlap, geo.margin) == (52, 0, 20)
+    cfg, geo = fit_to_model(tiny_unet("same"), TileConfig(tile=30))
+    assert (cfg.tile, cfg.overlap, geo.margin, geo.align) == (32, 16, 0, 4)
+
+
+def test_wrong_prediction_shape_is_a_clear_error(rng):
+    img = rng.random((1, 20, 20), dtype=np.float32)
+    with pytest.raises(ValueError, match="valid input size"):
+        predict_tiled(add_one, img, TileConfig(tile=16), NetGeometry(margin=2))
+    with pytest.raises(ValueError, match="out has shape"):
+        predict_tiled(add_one, img, TileConfig(tile=16), out=np.zeros((2, 20, 20), np.float32))
+
+
+# ---- streaming ------------------------------------------------------------------
+def test_memmap_input_and_output(rng, tmp_path):
+    img = rng.random((1, 45, 70), dtype=np.float32)
+    np.save(tmp_path / "in.npy", img)
+    src = np.load(tmp_path / "in.npy", mmap_mode="r")
+    out = open_output((1, 45, 70), path=tmp_path / "out.npy")
+    assert isinstance(out, np.memmap)
+    cfg = TileConfig(tile=16, overlap=4)
+    predict_tiled(add_one, src, cfg, out=out)
+    out.flush()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predict_tiled(add_one, img, cfg), rtol=0, atol=0)
+
+
+def test_zarr_output(rng, tmp_path):
+    pytest.importorskip("zarr")
+    img = rng.random((1, 40, 33), dtype=np.float32)
+    out = open_output((1, 40, 33), path=tmp_path / "out.zarr")
+    predict_tiled(add_one, img, TileConfig(tile=16, overlap=4), out=out)
+    np.testing.assert_allclose(out[:], img + 1, rtol=0, atol=1e-6)
+
+
+# ---- block-wise labelling -----------------------------------------------------
+def split_touching(mask: np.ndarray) -> np.ndarray:
+    """Seeds from erosion; each pixel joins the nearest seed centroid of its own component.
+
+    A component without a seed (a fragment cut by the window) stays one object.
+    Ties go to the lower seed label, i.e. the seed first in raster order, so the
+    result is exactly translation-equivariant. (skimage's watershed is not: it
+    breaks ties between equal-priority pixels by flooding history, which depends
+    on the window, so a contact pixel can change owner between windows.)
+    """
+    comps, n_comps = ndi.label(mask)
+    seeds, n = ndi.label(ndi.binary_erosion(mask, iterations=2))
+    pix = np.argwhere(mask)
+    labels = np.zeros(mask.shape, np.int64)
+    labels[mask] = n + comps[mask]  # seedless components keep their own label
+    if n:
+        centres = np.array(ndi.center_of_mass(mask, seeds, range(1, n + 1)))
+        seed_comp = np.array(ndi.maximum(comps, seeds, range(1, n + 1)))
+        d2 = ((pix[:, None, :] - centres[None]) ** 2).sum(-1)
+        d2[comps[mask][:, None] != seed_comp[None]] = np.inf
+        has_seed = np.isfinite(d2).any(1)
+        labels[tuple(pix[has_seed].T)] = d2[has_seed].argmin(1) + 1
+    return labels
+
+
+def touching_discs(shape=(96, 110), r=6) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    mask = np.zeros(shape, bool)
+    # pairs of touching discs straddling the block seams at 32 and 64, plus one on a corner
+    centres = [(32, 20), (32, 32), (20, 64), (32, 64), (64, 64), (64, 76), (5, 5), (90, 100), (58, 106)]
+    for cy, cx in centres:
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return mask
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renumbering: a one-to-one label mapping, background to background."""
+    if ((a == 0) != (b == 0)).any():
+        return False
+    pairs = set(zip(a[a > 0].tolist(), b[b > 0].tolist()))
+    return len(pairs) == len({p for p, _ in pairs}) == len({q for _, q in pairs})
+
+
+def test_blockwise_labels_equal_whole_image_labels():
+    mask = touching_discs()
+    whole = split_touching(mask)
+    assert whole.max() == 9  # the label function separates the touching pairs
+    blocks = label_blockwise(mask, split_touching, block=32, halo=26)
+    assert blocks.max() == 9
+    assert same_partition(whole, blocks)
+
+
+def test_blockwise_labels_stream_into_a_memmap(tmp_path):
+    mask = touching_discs()
+    out = open_output(mask.shape, np.int32, tmp_path / "labels.npy")
+    label_blockwise(mask, lambda m: ndi.label(m)[0], block=40, halo=30, out=out)
+    assert same_partition(ndi.label(mask)[0], np.asarray(out))
