@@ -39,3 +39,24 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder trained for one epoch on synthetic stacks (a tiny same-padding net)."""
+    from biounet.config import RunConfig, apply_overrides
+    from biounet.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(1)
+    pairs = [synthetic_pair(rng) for _ in range(3)]
+    tifffile.imwrite(root / "vol.tif", np.stack([p[0] for p in pairs]), photometric="minisblack")
+    tifffile.imwrite(root / "lab.tif", np.stack([np.where(p[1] > 0, 0, 255).astype(np.uint8) for p in pairs]),
+                     photometric="minisblack")
+    cfg = apply_overrides(RunConfig(), [
+        f"data.images={root / 'vol.tif'}", f"data.labels={root / 'lab.tif'}", "data.target=membrane",
+        "data.val_indices=[2]", "data.patch_size=32", "data.patches_per_epoch=8", "model.base_features=4",
+        "model.depth=2", "train.epochs=1",
+    ])
+    train(cfg, root / "run", progress=False)
+    return root / "run"

@@ -159,9 +159,9 @@ def test_tiled_equals_untiled_for_a_valid_unet(rng, hw):
 
 
 def test_tiled_is_close_to_untiled_for_a_same_unet(rng):
-    """Same nets zero-pad every tile, so the match is approximate: with the overlap at
-    least the receptive field and Gaussian blending the max error is ~1e-3 of the output
-    range; the tolerance (5e-3 of the range) documents that, it is not a tuned number."""
+    """Same nets zero-pad every tile, so tiled only approximates untiled. With the overlap
+    at least the receptive field and Gaussian blending the max error measured 7e-4 of the
+    output range (cosine 1.4e-3; overlap 16: 2e-2; no overlap: 0.7); 2e-3 guards that."""
     net = tiny_unet("same")
     rf = receptive_field(net, 1)
     cfg, geo = fit_to_model(net, TileConfig(tile=96, overlap=rf, batch_size=4))
@@ -170,7 +170,7 @@ def test_tiled_is_close_to_untiled_for_a_same_unet(rng):
     with torch.no_grad():
         whole = net(torch.from_numpy(img)[None].double())[0].numpy()
     span = whole.max() - whole.min()
-    assert np.abs(out - whole).max() < 5e-3 * span
+    assert np.abs(out - whole).max() < 2e-3 * span
     # and it really is tiled: 4 x 4 tiles
     assert cfg.tile == 96 and cfg.overlap >= rf
 

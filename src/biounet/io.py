@@ -53,12 +53,19 @@ def read_stack(path: str | Path) -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            arr = np.asarray(iio.imread(path))[None]
+            # pinned plugin: on a corrupt file imageio would otherwise try every
+            # plugin and report the last one's unrelated complaint
+            arr = np.asarray(iio.imread(path, plugin="pillow"))[None]
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
-        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
     return _drop_alpha(arr, path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -132,7 +139,9 @@ def write_image(path: str | Path, arr: np.ndarray) -> Path:
         if _suffix(path) in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, arr, bigtiff=arr.nbytes > 2**32 - 2**25, compression=None)
+            rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+            tifffile.imwrite(tmp, arr, bigtiff=arr.nbytes > 2**32 - 2**25,
+                             photometric="rgb" if rgb else "minisblack")
         elif _suffix(path) == ".png":
             import imageio.v3 as iio
 
@@ -183,7 +192,7 @@ def read_image_bytes(data: bytes, name: str) -> np.ndarray:
             # every plugin and report the last one's unrelated complaint.
             arr = np.asarray(iio.imread(data, plugin="pillow", extension=suffix))
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
-        raise InputError(f"{name}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{name}: cannot read image ({_one_line(exc)})") from None
     if pages != 1:
         raise InputError(f"{name}: is a stack of {pages} pages; expected a single image")
     if arr.ndim not in (2, 3):

@@ -151,8 +151,8 @@ class _Axis:
 
     ``canvas`` >= the image length: the image is mirror-extended at the far end
     so tiles fit (images smaller than a tile) and the flush tile stays aligned.
-    ``weights[i]`` is tile i's window divided by the summed windows of all
-    tiles covering each pixel; ``fresh[i]`` is the first pixel no earlier
+    ``weights[i]`` is tile i's window (untapered on a border side) divided by
+    the summed windows of all tiles covering each pixel; ``fresh[i]`` is the first pixel no earlier
     tile wrote (earlier pixels are accumulated, later ones assigned).
     """
 
@@ -178,10 +178,16 @@ def _axis(length: int, out_tile: int, step: int, align: int, window: np.ndarray)
     canvas = max(length, out_tile)
     canvas += -(canvas - out_tile) % align
     starts = tile_starts(canvas, out_tile, step)
+    windows = [window] * len(starts)
+    # A tile side on the border is not tapered: no other tile covers those pixels
+    # better, and otherwise the flush tile's border half would be down-weighted
+    # against its neighbour's zero-padded edge.
+    windows[0] = np.maximum.accumulate(windows[0][::-1])[::-1]
+    windows[-1] = np.maximum.accumulate(windows[-1])
     total = np.zeros(canvas)
-    for s in starts:
-        total[s : s + out_tile] += window
-    weights = tuple((window / total[s : s + out_tile]).astype(np.float32) for s in starts)
+    for s, w in zip(starts, windows):
+        total[s : s + out_tile] += w
+    weights = tuple((w / total[s : s + out_tile]).astype(np.float32) for s, w in zip(starts, windows))
     fresh = tuple(s if i == 0 else min(max(starts[i - 1] + out_tile, s), s + out_tile) for i, s in enumerate(starts))
     return _Axis(length, canvas, tuple(starts), weights, fresh)
 

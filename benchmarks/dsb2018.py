@@ -1,0 +1,90 @@
+"""DSB 2018 nuclei: DSB score, AP@0.5, AP@0.75 on the validation split, and training time.
+
+    .venv/bin/python benchmarks/dsb2018.py                        # the shipped model
+    .venv/bin/python benchmarks/dsb2018.py --model runs/nuclei    # a run folder
+    .venv/bin/python benchmarks/dsb2018.py --train                # train configs/dsb2018.toml first
+
+The validation split is recomputed from the model's own config (seeded, data.val_fraction of the zip's
+images); the model never trained on it. Otsu threshold + connected components is scored on the same
+images for scale (the issue quotes ~0.40 for it on images like these).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def otsu_labels(image: np.ndarray) -> np.ndarray:
+    """Baseline: gray, Otsu, the minority side is nuclei, 8-connected components."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    gray = image.mean(axis=-1)
+    fg = gray > threshold_otsu(gray)
+    if fg.mean() > 0.5:  # brightfield / H&E: dark nuclei on a light background
+        fg = ~fg
+    return label(fg, connectivity=2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
+    ap.add_argument("--train", action="store_true", help="train configs/dsb2018.toml into runs/bench-dsb first")
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N validation images")
+    ap.add_argument("--json", type=Path, help="write the results as JSON")
+    args = ap.parse_args()
+
+    from biounet.checkpoint import read_history
+    from biounet.config import apply_overrides
+    from biounet.data.dataset import items_from_config, split_items
+    from biounet.data.dsb import load_dsb_image, load_dsb_labels
+    from biounet.metrics.instance import evaluate_instances
+    from biounet.predict import load_model, resolve_model
+
+    model = args.model
+    if args.train:
+        from biounet.config import load_config
+        from biounet.train import train
+
+        cfg = apply_overrides(load_config(ROOT / "configs/dsb2018.toml"), [f"data.images={args.data}"])
+        model = str(ROOT / "runs/bench-dsb")
+        train(cfg, model, progress=False)
+    seg = load_model(model)
+    data_cfg = apply_overrides(seg.config, [f"data.images={args.data}"]).data
+    _, val = split_items(items_from_config(data_cfg), data_cfg, seg.config.train.seed)
+    if args.limit:
+        val = val[: args.limit]
+
+    ours, base = [], []
+    t0 = time.perf_counter()
+    for item in val:
+        img, truth = load_dsb_image(item.extra), load_dsb_labels(item.extra)
+        ours.append((item.name, truth, seg.segment(img, item.name)))
+        base.append((item.name, truth, otsu_labels(img)))
+    seconds = time.perf_counter() - t0
+    s_ours, _ = evaluate_instances(ours)
+    s_base, _ = evaluate_instances(base)
+    hist = read_history(resolve_model(model))
+    train_min = sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60 if hist else float("nan")
+
+    rows = {"biounet " + seg.name: s_ours, "Otsu + connected components (baseline)": s_base}
+    print(f"DSB 2018 stage 1 train, validation split: {len(val)} images not used for training\n")
+    print("| method | DSB score | AP@0.5 | AP@0.75 | true nuclei | predicted |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['dsb_score']:.4f} | {r['ap50']:.4f} | {r['ap75']:.4f} | {r['n_true']} | {r['n_pred']} |")
+    print(f"\ntraining: {len(hist)} epochs, {train_min:.1f} min (from the run's history.jsonl); "
+          f"prediction + post-processing + baseline: {seconds / len(val):.2f} s per image")
+    if args.json:
+        args.json.write_text(json.dumps({"n_images": len(val), "results": rows, "train_minutes": train_min}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""ISBI 2012 membranes: V-Rand, V-Info, pixel error on the 5 validation slices, and training time.
+
+    .venv/bin/python benchmarks/isbi2012.py                      # the shipped model
+    .venv/bin/python benchmarks/isbi2012.py --model runs/isbi    # a run folder
+    .venv/bin/python benchmarks/isbi2012.py --train              # train from configs/isbi2012.toml first
+
+Validation slices are the ones listed in the model's own config (20-24: the model never trained on them).
+A threshold-only baseline (Otsu on the raw slice, dark = membrane) is scored on the same slices for scale.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="isbi2012-membrane", help="shipped model name or run folder")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/isbi2012"), help="folder with train-*.tif")
+    ap.add_argument("--train", action="store_true", help="train configs/isbi2012.toml into runs/bench-isbi first")
+    ap.add_argument("--json", type=Path, help="write the results as JSON")
+    args = ap.parse_args()
+
+    import tifffile
+    from skimage.filters import threshold_otsu
+
+    from biounet.checkpoint import read_history
+    from biounet.metrics.em import evaluate_membranes
+    from biounet.predict import load_model, resolve_model
+
+    data = Path(args.data)
+    model = args.model
+    if args.train:
+        from biounet.config import apply_overrides, load_config
+        from biounet.train import train
+
+        cfg = load_config(ROOT / "configs/isbi2012.toml")
+        cfg = apply_overrides(cfg, [f"data.images={data / 'train-volume.tif'}", f"data.labels={data / 'train-labels.tif'}"])
+        model = str(ROOT / "runs/bench-isbi")
+        train(cfg, model, progress=False)
+    seg = load_model(model)
+    val = list(seg.config.data.val_indices) or [20, 21, 22, 23, 24]
+    vol = tifffile.imread(data / "train-volume.tif")
+    lab = tifffile.imread(data / "train-labels.tif")
+    truth = lab[val] != 0
+
+    t0 = time.perf_counter()
+    probs = np.stack([seg.predict(vol[i]) for i in val])
+    seconds = time.perf_counter() - t0
+    ours = evaluate_membranes(truth, probs < seg.post.threshold)
+    otsu = evaluate_membranes(truth, np.stack([vol[i] > threshold_otsu(vol[i]) for i in val]))
+    hist = read_history(resolve_model(model))
+    train_min = sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60 if hist else float("nan")
+
+    rows = {"biounet " + seg.name: ours, "Otsu threshold (baseline)": otsu}
+    print(f"ISBI 2012, validation slices {val} (threshold {seg.post.threshold})\n")
+    print("| method | V-Rand | V-Info | pixel error | membrane Dice |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['v_rand']:.4f} | {r['v_info']:.4f} | {r['pixel_error']:.4f} | {r['membrane_dice']:.4f} |")
+    print(f"\ntraining: {len(hist)} epochs, {train_min:.1f} min (from the run's history.jsonl); "
+          f"prediction: {seconds / len(val):.2f} s per 512x512 slice")
+    if args.json:
+        args.json.write_text(json.dumps({"val_slices": val, "results": rows, "train_minutes": train_min,
+                                         "predict_seconds_per_slice": seconds / len(val)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

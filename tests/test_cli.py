@@ -1,0 +1,87 @@
+"""The command line as a user meets it: outputs, exit codes, one-line errors, fast --help."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from biounet.cli import app
+from biounet.io import read_stack
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd", [[], ["predict"], ["train"], ["evaluate"], ["submit"], ["models"], ["demo"]])
+def test_help_does_not_import_torch(cmd):
+    code = (
+        "import sys\nfrom biounet.cli import app\n"
+        "try:\n    app(args=%r + ['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n" % cmd
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout
+
+
+def test_predict_stack_masks_probabilities_and_overlay(tiny_run, stack_files, tmp_path):
+    vol, _ = stack_files
+    res = runner.invoke(app, ["predict", "--model", str(tiny_run), "--out", str(tmp_path / "o"), "--overlays", str(vol)])
+    assert res.exit_code == 0, res.output
+    masks = read_stack(tmp_path / "o" / "vol.tif")
+    assert masks.shape == (4, 64, 64) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 255}
+    assert (tmp_path / "o" / "vol_overlay.png").is_file()
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "p"), "--probabilities", str(vol)])
+    probs = read_stack(tmp_path / "p" / "vol.tif")
+    assert res.exit_code == 0 and probs.dtype == np.float32 and 0 <= probs.min() and probs.max() <= 1
+
+
+def test_predict_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(bad)])
+    assert res.exit_code == 2
+    assert "broken.png: cannot read image" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "broken.tif").exists()
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "no images found" in res.output
+    res = runner.invoke(app, ["predict", "-m", "no-such-model", "-o", str(tmp_path / "o"), str(bad)])
+    assert res.exit_code == 2 and "not a model folder" in res.output
+    rgb = tmp_path / "rgba4.tif"
+    tifffile.imwrite(rgb, np.zeros((8, 8, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(rgb)])
+    assert res.exit_code == 2 and "rgba4.tif" in res.output
+
+
+def test_evaluate_stacks_prints_and_writes_json(stack_files, tmp_path):
+    _, labels = stack_files
+    lab = read_stack(labels)
+    pred = np.where(lab == 0, 255, 0).astype(np.uint8)  # perfect membrane mask
+    tifffile.imwrite(tmp_path / "pred.tif", pred, photometric="minisblack")
+    res = runner.invoke(app, ["evaluate", "--truth", str(labels), "--pred", str(tmp_path / "pred.tif"),
+                              "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert "v_rand" in res.output
+    import json
+
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["v_rand"] == pytest.approx(1.0) and scores["pixel_error"] == 0.0
+
+
+def test_submit_writes_kaggle_csv(tmp_path):
+    labels = np.zeros((4, 3), np.uint16)
+    labels[0, :] = 1  # top row: column-major pixels 1, 5, 9
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "lab" / "img1.tif", labels)
+    res = runner.invoke(app, ["submit", "--out", str(tmp_path / "sub.csv"), str(tmp_path / "lab")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sub.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "img1,1 1 5 1 9 1"]
+
+
+def test_train_rejects_bad_override(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nepochs = 1\n")
+    res = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(tmp_path / "r"), "--set", "train.nope=1"])
+    assert res.exit_code == 2 and "unknown key 'nope'" in res.output
