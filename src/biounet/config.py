@@ -36,7 +36,7 @@ class ModelConfig:
 class DataConfig:
     """Where the training data is and how patches are drawn from it."""
 
-    kind: str = "stack"  # stack (image + label TIFF stacks) | folders | dsb
+    kind: str = "stack"  # stack (image + label TIFF stacks) | folders | dsb (folder or zip) | coco (JSON)
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
     target: str = "binary"  # binary | membrane | border3 (bg / nucleus / touching border)

@@ -115,6 +115,13 @@ class Segmenter:
         return segment(probs, self.post)
 
 
+def _compact(seg: np.ndarray) -> np.ndarray:
+    """Instance labels as uint16 (uint32 past 65535 objects); masks stay uint8."""
+    if seg.dtype == np.uint8:
+        return seg
+    return seg.astype(np.uint16 if seg.max(initial=0) < 2**16 else np.uint32)
+
+
 def _activate(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
@@ -185,7 +192,7 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions)
         else:
             from .postprocess import segment
 
-            results.append(segment(probs, seg.post))
+            results.append(_compact(segment(probs, seg.post)))
     out = np.stack(results) if len(results) > 1 else results[0]
     written = [write_image(out_dir / f"{path.stem}.tif", out)]
     if opts.overlays:

@@ -7,11 +7,8 @@ folders, and the Kaggle DSB 2018 layout (folder or zip).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -67,11 +64,11 @@ class Item:
     """One training/validation image: a name and how to load it lazily."""
 
     name: str
-    kind: str  # stack | file | dsb
+    kind: str  # stack | file | dsb | coco
     image: str
     labels: str = ""
     page: int = 0
-    extra: object = None  # DsbItem for dsb sources
+    extra: object = None  # DsbItem / CocoItem for dsb and coco sources
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """-> raw image (H, W[, C]) and integer labels (H, W)."""
@@ -86,9 +83,13 @@ class Item:
         elif self.kind == "file":
             img, lab = read_image(self.image), read_image(self.labels)
         elif self.kind == "dsb":
-            from .dsb import load_dsb_image, load_dsb_labels
+            from .dsb import load_dsb_pair
 
-            img, lab = load_dsb_image(self.extra), load_dsb_labels(self.extra)
+            img, lab = load_dsb_pair(self.extra)
+        elif self.kind == "coco":
+            from .coco import coco_labels, load_coco_image
+
+            img, lab = load_coco_image(self.extra), coco_labels(self.extra)
         else:
             raise ValueError(self.kind)
         if lab.ndim == 3:
@@ -130,6 +131,15 @@ def dsb_items(root: str | Path) -> list[Item]:
     return [Item(i.image_id, "dsb", str(root), extra=i) for i in items]
 
 
+def coco_items(json_path: str | Path, image_root: str = "") -> list[Item]:
+    from .coco import load_coco
+
+    items = load_coco(json_path, image_root or None)
+    if not items:
+        raise InputError(f"{json_path}: no images in this COCO file")
+    return [Item(Path(i.file_name).stem, "coco", str(i.image_path), extra=i) for i in items]
+
+
 def items_from_config(cfg: DataConfig) -> list[Item]:
     if not cfg.images:
         raise InputError("data.images is not set (give --data or set it in the config)")
@@ -139,7 +149,9 @@ def items_from_config(cfg: DataConfig) -> list[Item]:
         return folder_items(cfg.images, cfg.labels)
     if cfg.kind == "dsb":
         return dsb_items(cfg.images)
-    raise InputError(f"data.kind must be stack|folders|dsb, got {cfg.kind!r}")
+    if cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
+        return coco_items(cfg.images, cfg.labels)
+    raise InputError(f"data.kind must be stack|folders|dsb|coco, got {cfg.kind!r}")
 
 
 def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Item], list[Item]]:
@@ -253,10 +265,3 @@ def load_eval_item(item: Item, data: DataConfig, in_channels: int) -> tuple[np.n
     """A whole validation image, normalized, (H, W, C) float32, with its raw labels."""
     img, lab = item.load()
     return match_channels(normalize(img, data.normalize), in_channels, item.name), lab
-
-
-def replace(cfg, **kw):  # small re-export for callers building configs
-    return dataclasses.replace(cfg, **kw)
-
-
-TargetFn = Callable[[np.ndarray, DataConfig], np.ndarray]

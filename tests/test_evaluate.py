@@ -1,0 +1,56 @@
+"""Evaluate stage: folders in, numbers out, no model needed."""
+import numpy as np
+import pytest
+import tifffile
+
+from biounet.evaluate import evaluate_paths, membrane_cells
+from biounet.io import InputError
+
+
+def _dsb_folder(root, name, labels):
+    import imageio.v3 as iio
+
+    (root / name / "images").mkdir(parents=True)
+    (root / name / "masks").mkdir()
+    iio.imwrite(root / name / "images" / f"{name}.png", np.zeros(labels.shape + (4,), np.uint8))
+    for k in range(1, labels.max() + 1):
+        iio.imwrite(root / name / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
+
+
+def test_dsb_truth_against_label_folder(tmp_path):
+    truth = np.zeros((20, 20), np.uint16)
+    truth[2:12, 2:12] = 1
+    truth[14:18, 14:18] = 2
+    _dsb_folder(tmp_path / "stage", "img1", truth)
+    (tmp_path / "pred").mkdir()
+    pred = np.zeros_like(truth)
+    pred[4:14, 2:12] = 7  # the 10x10 square shifted by 2 rows: IoU = 80/120
+    tifffile.imwrite(tmp_path / "pred" / "img1.tif", pred)
+    summary, rows = evaluate_paths(tmp_path / "stage", tmp_path / "pred")
+    # thresholds 0.50..0.65 (4 of 10): TP 1, FP 0, FN 1 -> 1/2; above: TP 0, FP 1, FN 2 -> 0
+    assert summary["dsb_score"] == pytest.approx(4 * 0.5 / 10)
+    assert rows[0]["name"] == "img1" and rows[0]["n_true"] == 2 and rows[0]["n_pred"] == 1
+
+
+def test_missing_prediction_and_size_mismatch_are_named(tmp_path):
+    truth = np.zeros((8, 8), np.uint16)
+    truth[1:4, 1:4] = 1
+    _dsb_folder(tmp_path / "stage", "abc", truth)
+    (tmp_path / "pred").mkdir()
+    with pytest.raises(InputError, match="no prediction for 'abc'"):
+        evaluate_paths(tmp_path / "stage", tmp_path / "pred")
+    tifffile.imwrite(tmp_path / "pred" / "abc.tif", np.zeros((9, 8), np.uint16))
+    with pytest.raises(InputError, match=r"abc\.tif: size \(9, 8\)"):
+        evaluate_paths(tmp_path / "stage", tmp_path / "pred")
+
+
+def test_membrane_cells_from_masks_and_probabilities():
+    assert membrane_cells(np.array([0, 255], np.uint8)).tolist() == [True, False]
+    assert membrane_cells(np.array([0.2, 0.8], np.float32)).tolist() == [True, False]
+
+
+def test_stack_shape_mismatch(tmp_path):
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((2, 8, 8), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="does not match truth"):
+        evaluate_paths(tmp_path / "t.tif", tmp_path / "p.tif")
