@@ -11,10 +11,16 @@ the input from and writes the output to ``.npy`` memmaps from
 ``--memmap-from`` pixels up (in-memory arrays below).
 
 Every case runs in a fresh subprocess so its peak memory is its own:
-``peak RSS`` is ``ru_maxrss`` and includes file pages of memmaps that the
+``peak RSS`` is the kernel's high-water mark (``VmHWM``; ``ru_maxrss`` would
+inherit the driver's across exec) and includes file pages of memmaps that the
 kernel keeps resident (reclaimable page cache); ``peak anon`` samples the
 process's private memory (``RssAnon``) every 20 ms, which is what cannot be
-reclaimed. Needs ``pip install monai`` for the MONAI rows (skipped otherwise).
+reclaimed. Both include torch itself and the model (see the untiled row and
+the ``baseline_anon_mb`` field of the JSON). Times exclude process start, model
+construction and a warm-up batch; MONAI's time excludes loading the image into
+memory (biounet's includes reading its memmap). At the smallest size (when at
+most ``--check-max``) both outputs are compared with one untiled forward pass.
+Needs ``pip install monai`` for the MONAI rows (skipped otherwise).
 """
 from __future__ import annotations
 
@@ -71,6 +77,8 @@ def build_net(spec: dict):
         net = net.to(memory_format=torch.channels_last)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
+        if spec.get("identity"):
+            return x
         if spec["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         return net(x)
@@ -182,7 +190,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['size']}² | {r['engine']} | {r['storage']} | {r['tiles']} | {r['seconds']:.1f} | "
+            f"| {r['size']}² | {r['engine']} | {r['storage']} | {r['tiles']} | {r['seconds']:.2f} | "
             f"{r['mpix_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_anon_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -203,7 +211,7 @@ def run_size(args: argparse.Namespace, size: int, engines: list[str], tmp: Path)
             "engine": engine, "size": size, "input": str(path), "workdir": str(tmp), "memmap": memmap,
             "save": check, "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
             "threads": args.threads, "base_features": args.base_features, "depth": args.depth,
-            "channels_last": args.channels_last,
+            "channels_last": args.channels_last, "identity": args.identity,
         }
         res = run_case(spec)
         res.update(size=size, engine={"ours": "biounet", "monai": "MONAI", "whole": "untiled"}[engine],
@@ -231,9 +239,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=128, help="pixels; MONAI gets overlap/tile (0.25 = its default)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--base-features", type=int, default=4,
-                   help="U-Net width; 4 keeps the default run ~4 min on 2 cores (16 takes ~2.5x longer)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both engines; 1 because on a 2-core machine shared with training "
+                        "runs, 2 OpenMP threads ran 4x slower (oversubscription)")
+    p.add_argument("--base-features", type=int, default=8,
+                   help="U-Net width; 8 keeps the default run ~3 min on one core (16 is ~3.7x slower per tile)")
+    p.add_argument("--identity", action="store_true",
+                   help="identity predictor instead of the U-Net: times the tiling machinery alone")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--engines", nargs="+", default=["ours", "monai"], choices=["ours", "monai"])
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             sys.stderr.write("monai not installed: running biounet only (pip install monai)\n")
             engines.remove("monai")
-    rf = receptive_field_of(args)
+    rf = None if args.identity else receptive_field_of(args)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         rows = [row for size in args.sizes for row in run_size(args, size, engines, Path(tmp))]
         errors = {
@@ -272,11 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     env = {
-        "model": f"same U-Net, base_features {args.base_features}, depth {args.depth}, in 1 out 1, random weights, "
+        "model": "identity (tiling machinery only)" if args.identity else f"same U-Net, base_features {args.base_features}, depth {args.depth}, in 1 out 1, random weights, "
                  f"eval, {'channels_last' if args.channels_last else 'NCHW'}",
         "tiling": f"tile {args.tile}, overlap {args.overlap} px, batch {args.batch_size}, gaussian blend, "
                   f"torch threads {args.threads}",
-        "receptive_field": rf,
+        "receptive field (measured, px)": rf,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                    f"load average {os.getloadavg()[0]:.1f} at the end",
         "versions": f"torch {torch.__version__}"

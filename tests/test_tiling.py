@@ -188,6 +188,7 @@ def test_receptive_field_of_known_stacks():
 def test_fit_to_model_rounds_tiles_and_caps_overlap():
     cfg, geo = fit_to_model(tiny_unet("valid"), TileConfig(tile=50))
     assert (cfg.tile, cfg.overlap, geo.margin) == (52, 0, 20)
+    assert fit_to_model(tiny_unet("valid"), TileConfig(tile=10))[0].tile == 44  # output 4 = align
     cfg, geo = fit_to_model(tiny_unet("same"), TileConfig(tile=30))
     assert (cfg.tile, cfg.overlap, geo.margin, geo.align) == (32, 16, 0, 4)
 

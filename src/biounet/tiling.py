@@ -152,8 +152,9 @@ class _Axis:
     ``canvas`` >= the image length: the image is mirror-extended at the far end
     so tiles fit (images smaller than a tile) and the flush tile stays aligned.
     ``weights[i]`` is tile i's window (untapered on a border side) divided by
-    the summed windows of all tiles covering each pixel; ``fresh[i]`` is the first pixel no earlier
-    tile wrote (earlier pixels are accumulated, later ones assigned).
+    the summed windows of all tiles covering each pixel; ``fresh[i]`` is the
+    first pixel no earlier tile wrote (earlier ones are accumulated, later
+    ones assigned).
     """
 
     length: int
@@ -170,7 +171,8 @@ def _step(out_tile: int, overlap: int, align: int) -> int:
     if step < 1:
         if align > out_tile:
             raise ValueError(f"output tile {out_tile} is smaller than the alignment {align}")
-        step = align  # the requested overlap is not reachable on the aligned grid
+        step = align
+        log.warning("overlap %d is not reachable on a grid aligned to %d; using %d", overlap, align, out_tile - align)
     return step
 
 
@@ -404,8 +406,8 @@ def geometry_of(module: nn.Module) -> NetGeometry:
 def fit_to_model(module: nn.Module, cfg: TileConfig, in_channels: int | None = None) -> tuple[TileConfig, NetGeometry]:
     """Resolve ``cfg`` for a network: a valid, aligned tile and a concrete overlap.
 
-    Valid nets: the tile grows to the next valid input size, overlap defaults
-    to 0. Same nets: the tile grows to a multiple of ``align`` (no internal
+    Valid nets: the tile grows to the next valid input size whose output is
+    at least ``align`` (so the grid can step), overlap defaults to 0. Same nets: the tile grows to a multiple of ``align`` (no internal
     padding) and the overlap defaults to the measured receptive field, so
     every pixel lies outside the border-affected zone of at least one tile;
     it is capped at half the tile (a warning says to use bigger tiles).
@@ -414,6 +416,8 @@ def fit_to_model(module: nn.Module, cfg: TileConfig, in_channels: int | None = N
     geo = geometry_of(module)
     if geo.margin:
         tile = module.valid_input_size(cfg.tile)
+        while module.output_size(tile) < geo.align:  # an aligned step needs an output tile >= align
+            tile = module.valid_input_size(tile + 1)
         return replace(cfg, tile=tile, overlap=cfg.overlap if cfg.overlap is not None else 0), geo
     tile = -(-cfg.tile // geo.align) * geo.align
     overlap = cfg.overlap

@@ -99,22 +99,35 @@ def score_predictions(preds, cfg: RunConfig, post: PostConfig) -> dict[str, floa
             "iou": float(np.mean([iou(t, q) for t, q in zip(fg, pm)]))}
 
 
+def _image_score(cfg: RunConfig):
+    """Per-image score of post-processed output, for threshold tuning."""
+    metric = val_metric_name(cfg)
+    if metric == "v_rand":
+        from .metrics.em import evaluate_membranes
+
+        return lambda lab, mask: evaluate_membranes(lab != 0, mask == 0)["v_rand"]
+    if metric == "dsb":
+        from .metrics.instance import dsb_score
+
+        return dsb_score
+    from .metrics.semantic import dice
+
+    zero_fg = cfg.data.foreground == "zero"
+    return lambda lab, mask: dice((lab == 0) if zero_fg else (lab != 0), mask > 0)
+
+
 def tune_post(preds, cfg: RunConfig) -> tuple[PostConfig, dict[str, float]]:
     """Grid-search post-processing thresholds on validation predictions."""
-    metric = val_metric_name(cfg)
-    grid: dict[str, list] = {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7]}
-    if metric == "dsb":
+    from .postprocess import segment, tune_thresholds
+
+    grid: dict[str, list] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
+    base = cfg.post
+    if val_metric_name(cfg) == "dsb":
         grid = {"threshold": [0.4, 0.5, 0.6], "seed_threshold": [0.5, 0.6, 0.7, 0.8], "min_size": [10, 20]}
-    best, best_scores = cfg.post, score_predictions(preds, cfg, cfg.post)
-    candidates = [{}]
-    for key, values in grid.items():
-        candidates = [dict(c, **{key: v}) for c in candidates for v in values]
-    for cand in candidates:
-        post = dataclasses.replace(cfg.post, **cand)
-        scores = score_predictions(preds, cfg, post)
-        if scores[metric] > best_scores[metric]:
-            best, best_scores = post, scores
-    return best, best_scores
+        base = dataclasses.replace(cfg.post, mode="instances")
+    best, _ = tune_thresholds([p for _, p, _ in preds], [lab for _, _, lab in preds], segment,
+                              _image_score(cfg), grid, base)
+    return best, score_predictions(preds, cfg, best)
 
 
 # ---- the loop -------------------------------------------------------------------
