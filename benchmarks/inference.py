@@ -223,6 +223,16 @@ def run_size(args: argparse.Namespace, size: int, engines: list[str], tmp: Path)
     return rows
 
 
+def untiled_errors(tmp: Path) -> dict[str, float]:
+    """max |tiled - untiled| / range(untiled) per engine, where the check ran."""
+    if not (tmp / "check_whole.npy").exists():
+        return {}
+    ref = np.load(tmp / "check_whole.npy")
+    found = {name: tmp / f"check_{key}.npy" for name, key in (("biounet", "ours"), ("MONAI", "monai"))}
+    span = ref.max() - ref.min()
+    return {name: float(np.abs(np.load(f) - ref).max() / span) for name, f in found.items() if f.exists()}
+
+
 def receptive_field_of(args: argparse.Namespace) -> int:
     import torch
 
@@ -274,18 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     rf = None if args.identity else receptive_field_of(args)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         rows = [row for size in args.sizes for row in run_size(args, size, engines, Path(tmp))]
-        errors = {
-            name: float(np.abs(np.load(f) - ref).max() / (ref.max() - ref.min()))
-            for ref in [np.load(Path(tmp) / "check_whole.npy")] if (Path(tmp) / "check_whole.npy").exists()
-            for name, f in (("biounet", Path(tmp) / "check_ours.npy"), ("MONAI", Path(tmp) / "check_monai.npy"))
-            if f.exists()
-        }
+        errors = untiled_errors(Path(tmp))
 
     import torch
 
     env = {
-        "model": "identity (tiling machinery only)" if args.identity else f"same U-Net, base_features {args.base_features}, depth {args.depth}, in 1 out 1, random weights, "
-                 f"eval, {'channels_last' if args.channels_last else 'NCHW'}",
+        "model": "identity (tiling machinery only)" if args.identity else (
+            f"same U-Net, base_features {args.base_features}, depth {args.depth}, in 1 out 1, random weights, "
+            f"eval, {'channels_last' if args.channels_last else 'NCHW'}"
+        ),
         "tiling": f"tile {args.tile}, overlap {args.overlap} px, batch {args.batch_size}, gaussian blend, "
                   f"torch threads {args.threads}",
         "receptive field (measured, px)": rf,

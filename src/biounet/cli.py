@@ -69,7 +69,8 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
-    tile: int = typer.Option(0, help="Overlap-tile inference with this tile size (0 = whole image)."),
+    tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to 2048x2048, tiles of 512 beyond)."),
+    overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
     batch_size: int = typer.Option(4, help="Tiles per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -80,7 +81,8 @@ def predict(
     from .predict import OutputOptions, expand_inputs, load_model, predict_file
 
     seg = _run(load_model, model, device=device)
-    seg.tile, seg.tta, seg.batch_size = tile, tta, batch_size
+    seg.tile, seg.overlap, seg.tta, seg.batch_size = tile, overlap, tta, batch_size
+    seg.progress = verbose
     files = _run(expand_inputs, [str(p) for p in inputs])
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)
     from tqdm.auto import tqdm

@@ -199,3 +199,29 @@ def read_image_bytes(data: bytes, name: str) -> np.ndarray:
         raise InputError(f"{name}: unsupported image shape {arr.shape}")
     # _drop_alpha works on stacks and names a Path; the name is only used in messages.
     return _drop_alpha(arr.reshape(1, *arr.shape), name)[0]  # type: ignore[arg-type]
+
+
+def open_lazy(path: str | Path):
+    """A memory map of a single-page, uncompressed TIFF (or ``.npy``), else ``None``.
+
+    Lets whole-slide-sized images be predicted without reading them into memory;
+    other files are read normally by :func:`read_stack`.
+    """
+    path = Path(path)
+    try:
+        if _suffix(path) == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        elif _suffix(path) in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                if len(tf.pages) != 1 or len(tf.series) != 1:
+                    return None
+            arr = tifffile.memmap(path, mode="r")
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - compressed or unusual layouts are simply read normally
+        return None
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return arr if arr.ndim in (2, 3) else None

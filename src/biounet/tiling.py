@@ -403,12 +403,15 @@ def geometry_of(module: nn.Module) -> NetGeometry:
     return NetGeometry(margin=int(getattr(module, "margin", 0)), align=align)
 
 
-def fit_to_model(module: nn.Module, cfg: TileConfig, in_channels: int | None = None) -> tuple[TileConfig, NetGeometry]:
+def fit_to_model(
+    module: nn.Module, cfg: TileConfig, in_channels: int | None = None
+) -> tuple[TileConfig, NetGeometry]:
     """Resolve ``cfg`` for a network: a valid, aligned tile and a concrete overlap.
 
     Valid nets: the tile grows to the next valid input size whose output is
-    at least ``align`` (so the grid can step), overlap defaults to 0. Same nets: the tile grows to a multiple of ``align`` (no internal
-    padding) and the overlap defaults to the measured receptive field, so
+    at least ``align`` (so the grid can step), overlap defaults to 0. Same
+    nets: the tile grows to a multiple of ``align`` (no internal padding)
+    and the overlap defaults to the measured receptive field, so
     every pixel lies outside the border-affected zone of at least one tile;
     it is capped at half the tile (a warning says to use bigger tiles).
     Measure once per model and reuse the result for every image.

@@ -18,32 +18,42 @@ from ..io import InputError, list_images, read_image, read_stack
 
 
 # ---- normalization ---------------------------------------------------------
-def normalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """(H, W) or (H, W, C) -> float32 (H, W, C), normalized per image.
+def norm_params(image: np.ndarray, mode: str) -> tuple[float, float]:
+    """(offset, scale) so that ``(image - offset) * scale`` is the normalized image.
 
     ``percentile`` maps the 1st..99.8th percentile of each image to 0..1, which
     makes 8-bit, 16-bit, dim and bright acquisitions look alike to the network;
     the same function runs at training and at prediction so they always agree.
-    Percentiles of big images are estimated on a strided subsample.
+    Percentiles of big images are estimated on a strided subsample, so a
+    memory-mapped whole-slide image is never read whole.
     """
-    img = image if image.ndim == 3 else image[..., None]
     if mode == "none":
-        return img.astype(np.float32)
+        return 0.0, 1.0
     if mode == "range":
-        info = np.iinfo(img.dtype) if np.issubdtype(img.dtype, np.integer) else None
-        scale = float(info.max) if info else 1.0
-        return img.astype(np.float32) / scale
-    step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / 4_000_000)))
-    sample = np.asarray(img[::step, ::step], dtype=np.float32)
+        dtype = np.dtype(image.dtype)
+        return 0.0, 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 4_000_000)))
+    sample = np.asarray(image[::step, ::step], dtype=np.float32)
     if mode == "percentile":
         lo, hi = np.percentile(sample, (1.0, 99.8))
     elif mode == "minmax":
         lo, hi = float(sample.min()), float(sample.max())
     else:
         raise ValueError(f"data.normalize must be percentile|minmax|range|none, got {mode!r}")
-    out = np.asarray(img, dtype=np.float32) - np.float32(lo)
-    out *= np.float32(1.0 / max(float(hi - lo), 1e-6))
+    return float(lo), 1.0 / max(float(hi - lo), 1e-6)
+
+
+def apply_norm(image: np.ndarray, offset: float, scale: float) -> np.ndarray:
+    """(H, W[, C]) -> float32 (H, W, C) normalized with :func:`norm_params` values."""
+    img = image if image.ndim == 3 else image[..., None]
+    out = np.asarray(img, dtype=np.float32) - np.float32(offset)
+    out *= np.float32(scale)
     return out
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W) or (H, W, C) -> float32 (H, W, C), normalized per image (see :func:`norm_params`)."""
+    return apply_norm(image, *norm_params(image, mode))
 
 
 def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
