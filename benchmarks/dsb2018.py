@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
-    from biounet.checkpoint import read_history
+    from _report import markdown_table, training_minutes
     from biounet.config import apply_overrides
     from biounet.data.dataset import items_from_config, split_items
     from biounet.data.dsb import load_dsb_image, load_dsb_labels
@@ -71,16 +71,13 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     s_ours, _ = evaluate_instances(ours)
     s_base, _ = evaluate_instances(base)
-    hist = read_history(resolve_model(model))
-    train_min = sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60 if hist else float("nan")
+    epochs, train_min = training_minutes(resolve_model(model))
 
     rows = {"biounet " + seg.name: s_ours, "Otsu + connected components (baseline)": s_base}
     print(f"DSB 2018 stage 1 train, validation split: {len(val)} images not used for training\n")
-    print("| method | DSB score | AP@0.5 | AP@0.75 | true nuclei | predicted |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['dsb_score']:.4f} | {r['ap50']:.4f} | {r['ap75']:.4f} | {r['n_true']} | {r['n_pred']} |")
-    print(f"\ntraining: {len(hist)} epochs, {train_min:.1f} min (from the run's history.jsonl); "
+    print(markdown_table(["method", "DSB score", "AP@0.5", "AP@0.75", "true nuclei", "predicted"],
+                         [[n, r["dsb_score"], r["ap50"], r["ap75"], r["n_true"], r["n_pred"]] for n, r in rows.items()]))
+    print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction + post-processing + baseline: {seconds / len(val):.2f} s per image")
     if args.json:
         args.json.write_text(json.dumps({"n_images": len(val), "results": rows, "train_minutes": train_min}, indent=2))

@@ -30,7 +30,7 @@ def main() -> None:
     import tifffile
     from skimage.filters import threshold_otsu
 
-    from biounet.checkpoint import read_history
+    from _report import markdown_table, training_minutes
     from biounet.metrics.em import evaluate_membranes
     from biounet.predict import load_model, resolve_model
 
@@ -55,16 +55,13 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     ours = evaluate_membranes(truth, probs < seg.post.threshold)
     otsu = evaluate_membranes(truth, np.stack([vol[i] > threshold_otsu(vol[i]) for i in val]))
-    hist = read_history(resolve_model(model))
-    train_min = sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60 if hist else float("nan")
+    epochs, train_min = training_minutes(resolve_model(model))
 
     rows = {"biounet " + seg.name: ours, "Otsu threshold (baseline)": otsu}
     print(f"ISBI 2012, validation slices {val} (threshold {seg.post.threshold})\n")
-    print("| method | V-Rand | V-Info | pixel error | membrane Dice |")
-    print("|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['v_rand']:.4f} | {r['v_info']:.4f} | {r['pixel_error']:.4f} | {r['membrane_dice']:.4f} |")
-    print(f"\ntraining: {len(hist)} epochs, {train_min:.1f} min (from the run's history.jsonl); "
+    print(markdown_table(["method", "V-Rand", "V-Info", "pixel error", "membrane Dice"],
+                         [[n, r["v_rand"], r["v_info"], r["pixel_error"], r["membrane_dice"]] for n, r in rows.items()]))
+    print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction: {seconds / len(val):.2f} s per 512x512 slice")
     if args.json:
         args.json.write_text(json.dumps({"val_slices": val, "results": rows, "train_minutes": train_min,

@@ -1,0 +1,23 @@
+"""Shared bits of the accuracy benchmarks: training time from a run's history, markdown tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def training_minutes(model_dir: Path) -> tuple[int, float]:
+    """(epochs, minutes of training + validation) recorded in the model's history.jsonl."""
+    from biounet.checkpoint import read_history
+
+    hist = read_history(model_dir)
+    if not hist:
+        return 0, float("nan")
+    return len(hist), sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def fmt(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
