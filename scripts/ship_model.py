@@ -19,7 +19,7 @@ def ship(run_dir: Path, name: str) -> Path:
     save_weights(dest / "model.safetensors", seg.module, half=True)
     for f in ("config.json", "thresholds.json", "metrics.json", "history.jsonl", "curve.png"):
         if (run_dir / f).is_file():
-            shutil.copy2(run_dir / f, dest / f)
+            shutil.copyfile(run_dir / f, dest / f)
     return dest
 
 

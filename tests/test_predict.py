@@ -74,3 +74,25 @@ def test_big_images_stream_through_memmaps(tmp_path, monkeypatch):
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")
+
+
+def test_diameter_rescaling_keeps_output_size_and_needs_a_recorded_diameter():
+    seg = make_segmenter(base_features=4, depth=2)
+    img = np.random.default_rng(4).integers(0, 255, (50, 64), dtype=np.uint8)
+    with pytest.raises(biounet.io.InputError, match="records no training object diameter"):
+        seg.with_diameter(10)
+    seg.train_diameter = 20.0
+    seg.with_diameter(10)  # objects half the training size -> image enlarged 2x
+    assert seg.scale == 2.0
+    probs = seg.predict(img)
+    assert probs.shape == (50, 64) and np.isfinite(probs).all()
+
+
+def test_median_diameter_of_discs():
+    from biounet.train import median_diameter
+
+    lab = np.zeros((40, 40), np.int32)
+    yy, xx = np.mgrid[:40, :40]
+    lab[(yy - 10) ** 2 + (xx - 10) ** 2 <= 36] = 1
+    lab[(yy - 30) ** 2 + (xx - 30) ** 2 <= 36] = 2
+    assert abs(median_diameter([lab]) - 12) < 1.0

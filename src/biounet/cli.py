@@ -72,6 +72,8 @@ def predict(
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to 2048x2048, tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
+    diameter: Optional[float] = typer.Option(
+        None, help="Typical object diameter (px) in these images; rescales them to the model's training scale."),
     batch_size: int = typer.Option(4, help="Tiles per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -83,6 +85,8 @@ def predict(
     seg = _run(load_model, model, device=device)
     seg.tile, seg.overlap, seg.tta, seg.batch_size = tile, overlap, tta, batch_size
     seg.progress = verbose
+    if diameter is not None:
+        _run(seg.with_diameter, diameter)
     files = _run(expand_inputs, [str(p) for p in inputs])
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)
     from tqdm.auto import tqdm

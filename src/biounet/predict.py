@@ -86,7 +86,21 @@ class Segmenter:
     tta: bool = False
     batch_size: int = 4
     progress: bool = False
+    scale: float = 1.0  # resize factor applied before the network (see with_diameter)
+    train_diameter: float = 0.0  # median object diameter (px) of the validation truth, if recorded
     _fitted: dict = field(default_factory=dict, repr=False)
+
+    def with_diameter(self, diameter: float) -> "Segmenter":
+        """Rescale inputs so objects of ``diameter`` px look like the training objects.
+
+        Probabilities are resized back, so outputs stay at the image's own size.
+        """
+        if diameter <= 0:
+            raise InputError(f"--diameter must be positive, got {diameter}")
+        if not self.train_diameter:
+            raise InputError(f"model {self.name}: records no training object diameter; --diameter needs one")
+        self.scale = self.train_diameter / diameter
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -120,12 +134,27 @@ class Segmenter:
         ``out`` (tiled path only) may be a memmap or zarr array to stream into.
         """
         self.module.eval()
+        if self.scale != 1.0:
+            return self._predict_rescaled(np.asarray(x[:, slice(None), slice(None)]))
         if self.uses_tiles(x.shape[1:]):
             from .tiling import predict_tiled
 
             cfg, geometry = self._tiling()
             return predict_tiled(self._predict_fn, x, cfg, geometry, out=out, progress=self.progress)
         return self._predict_whole(np.asarray(x[:, slice(None), slice(None)]))
+
+    def _predict_rescaled(self, x: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        h, w = x.shape[1:]
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        small = resize(x, (x.shape[0], *size), order=1, anti_aliasing=self.scale < 1, preserve_range=True)
+        scale, self.scale = self.scale, 1.0
+        try:
+            probs = self.predict_prepared(small.astype(np.float32))
+        finally:
+            self.scale = scale
+        return resize(probs, (probs.shape[0], h, w), order=1, preserve_range=True).astype(np.float32)
 
     def _tiling(self):
         """Tile config fitted to the network once (the receptive field is measured once)."""
@@ -186,7 +215,9 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> Segmenter:
     checkpoint.load_weights(folder / "model.safetensors", module)
     module.eval()
     post = checkpoint.load_post(folder, cfg.post)
-    return Segmenter(module=module, config=cfg, post=post, name=folder.name).to(device)
+    metrics = checkpoint.read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    return Segmenter(module=module, config=cfg, post=post, name=folder.name,
+                     train_diameter=float(metrics.get("object_diameter", 0.0))).to(device)
 
 
 # ---- files ---------------------------------------------------------------------

@@ -269,14 +269,24 @@ def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item]) -> dict:
     if not val_items:
         checkpoint.save_post(run_dir, cfg.post)
         return {}
-    post, scores = tune_post(predict_items(seg, val_items), cfg)
+    preds = predict_items(seg, val_items)
+    post, scores = tune_post(preds, cfg)
     checkpoint.save_post(run_dir, post)
     metrics = checkpoint.read_json(run_dir / "metrics.json")
     metrics.update({"tuned_" + k: v for k, v in scores.items()})
     metrics["post"] = dataclasses.asdict(post)
+    if val_metric_name(cfg) == "dsb":
+        metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
     metrics["val_items"] = [it.name for it in val_items]
     checkpoint.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def median_diameter(label_images: list[np.ndarray]) -> float:
+    """Median equivalent diameter (px) of all objects: the scale the model learned."""
+    areas = np.concatenate([np.bincount(lab.ravel().astype(np.int64))[1:] for lab in label_images])
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
 
 
 def _crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
