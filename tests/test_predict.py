@@ -6,7 +6,7 @@ import torch
 
 import biounet
 from biounet import predict as P
-from biounet.config import ModelConfig, PostConfig, RunConfig, apply_overrides
+from biounet.config import PostConfig, RunConfig, apply_overrides
 from biounet.models.unet import UNet
 
 

@@ -1,0 +1,56 @@
+"""The models shipped in the package load without flags and still score on held-out real data."""
+import numpy as np
+import pytest
+
+from biounet.predict import load_model, shipped_models
+
+from .conftest import require_shared
+
+
+def _require_model(name: str):
+    if name not in shipped_models():
+        pytest.skip(f"model {name} is not shipped in this checkout")
+    return load_model(name)
+
+
+def test_shipped_models_describe_themselves():
+    for name, folder in shipped_models().items():
+        for f in ("config.json", "model.safetensors", "thresholds.json", "metrics.json"):
+            assert (folder / f).is_file(), f"{name}: {f}"
+        assert (folder / "model.safetensors").stat().st_size < 10 * 2**20  # small enough to ship
+
+
+def test_isbi_model_on_a_validation_slice():
+    import tifffile
+
+    from biounet.metrics.em import evaluate_membranes
+
+    seg = _require_model("isbi2012-membrane")
+    data = require_shared("isbi2012")
+    i = seg.config.data.val_indices[0]  # a slice the model never trained on
+    img = tifffile.imread(data / "train-volume.tif", key=i)
+    truth = tifffile.imread(data / "train-labels.tif", key=i) != 0
+    mask = seg.segment(img)
+    assert mask.shape == img.shape and mask.dtype == np.uint8
+    scores = evaluate_membranes(truth, mask == 0)
+    assert scores["v_rand"] > 0.85 and scores["pixel_error"] < 0.12
+
+
+def test_nuclei_model_on_validation_images():
+    from biounet.config import apply_overrides
+    from biounet.data.dataset import items_from_config, split_items
+    from biounet.data.dsb import load_dsb_pair
+    from biounet.metrics.instance import evaluate_instances
+
+    seg = _require_model("dsb2018-nuclei")
+    zip_path = require_shared("dsb2018", "stage1_train.zip")
+    data = apply_overrides(seg.config, [f"data.images={zip_path}"]).data
+    _, val = split_items(items_from_config(data), data, seg.config.train.seed)
+    pairs = []
+    for item in val[:6]:
+        img, truth = load_dsb_pair(item.extra)
+        labels = seg.segment(img, item.name)
+        assert labels.shape == truth.shape
+        pairs.append((item.name, truth, labels))
+    summary, _ = evaluate_instances(pairs)
+    assert summary["dsb_score"] > 0.35 and summary["ap50"] > 0.5
