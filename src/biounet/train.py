@@ -231,7 +231,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         elif rank == 0 and not val_items:
             checkpoint.save_weights(run_dir / "model.safetensors", model)
         if rank == 0:
-            record["val_time"] = round(time.perf_counter() - t0 - record["seconds"], 2)
+            record["val_time"] = round(max(0.0, time.perf_counter() - t0 - record["seconds"]), 2)
             checkpoint.append_history(run_dir, record)
             log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if writer is not None:
