@@ -343,7 +343,9 @@ def plot_history(run_dir: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, [h["loss"] for h in hist], "o-", ms=3)
     a.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for k in sorted({k for h in hist for k in h if k.startswith("val_") and k != "val_time"}):
+    shown = {k for h in hist for k, v in h.items()
+             if k.startswith("val_") and isinstance(v, float) and k != "val_time" and not k.endswith(("_split", "_merge"))}
+    for k in sorted(shown):
         b.plot(epochs, [h.get(k, np.nan) for h in hist], "o-", ms=3, label=k[4:])
     b.set(xlabel="epoch", title="validation")
     if b.lines:
