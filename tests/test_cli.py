@@ -85,3 +85,16 @@ def test_train_rejects_bad_override(tmp_path):
     cfg.write_text("[train]\nepochs = 1\n")
     res = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(tmp_path / "r"), "--set", "train.nope=1"])
     assert res.exit_code == 2 and "unknown key 'nope'" in res.output
+
+
+def test_models_lists_each_shipped_model_on_one_line():
+    from biounet.predict import shipped_models
+
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    lines = res.output.strip().splitlines()
+    names = list(shipped_models())
+    if not names:
+        assert lines == ["no shipped models"]
+    else:
+        assert [ln.split()[0] for ln in lines] == names and all("validation:" in ln for ln in lines)

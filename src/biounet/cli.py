@@ -55,9 +55,8 @@ def models() -> None:
     for name, folder in found.items():
         metrics_path = folder / "metrics.json"
         m = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        scores = ", ".join(
-            f"{k[6:]}={v:.3f}" for k, v in m.items() if k.startswith("tuned_") and isinstance(v, float)
-        )
+        headline = ("v_rand", "v_info", "pixel_error", "dsb", "ap50", "ap75", "dice")
+        scores = ", ".join(f"{k}={m['tuned_' + k]:.3f}" for k in headline if isinstance(m.get("tuned_" + k), float))
         desc = json.loads((folder / "config.json").read_text()).get("data", {}).get("target", "")
         typer.echo(f"{name:24s} {desc:9s} validation: {scores or 'n/a'}")
 
