@@ -219,7 +219,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                   "seconds": round(time.perf_counter() - t0, 2)}
         validate = (epoch + 1) % max(1, cfg.train.val_every) == 0 or epoch + 1 == cfg.train.epochs
         if rank == 0 and val_items and validate:
-            scores = score_predictions(predict_items(segmenter, val_items), cfg, cfg.post)
+            preds = predict_items(segmenter, val_items)
+            # Membrane/semantic scores swing with the threshold from epoch to epoch: pick epochs
+            # by their score at their best threshold (cheap here); instance tuning waits for the end.
+            scores = tune_post(preds, cfg)[1] if metric != "dsb" else score_predictions(preds, cfg, cfg.post)
             record.update({f"val_{k}": v for k, v in scores.items()})
             improved = scores[metric] > best
             if improved:
