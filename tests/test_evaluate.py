@@ -54,3 +54,14 @@ def test_stack_shape_mismatch(tmp_path):
     tifffile.imwrite(tmp_path / "p.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
     with pytest.raises(InputError, match="does not match truth"):
         evaluate_paths(tmp_path / "t.tif", tmp_path / "p.tif")
+
+
+def test_skip_missing_scores_only_predicted_images(tmp_path):
+    truth = np.zeros((8, 8), np.uint16)
+    truth[1:4, 1:4] = 1
+    _dsb_folder(tmp_path / "stage", "a", truth)
+    _dsb_folder(tmp_path / "stage", "b", truth)
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
+    summary, rows = evaluate_paths(tmp_path / "stage", tmp_path / "pred", skip_missing=True)
+    assert [r["name"] for r in rows] == ["a"] and summary["dsb_score"] == 1.0

@@ -137,12 +137,13 @@ def evaluate(
     pred: Path = typer.Option(..., help="Prediction: mask TIFF stack or folder of label images (<name>.tif)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores as JSON."),
     per_image: Optional[Path] = typer.Option(None, help="Per-image scores as CSV (instance evaluation)."),
+    skip_missing: bool = typer.Option(False, help="Score only the truth images that have a prediction."),
 ) -> None:
     """Score predictions against truth; needs no model (files in, numbers out)."""
     _setup_logging(False)
     from .evaluate import evaluate_paths, format_table
 
-    summary, rows = _run(evaluate_paths, truth, pred)
+    summary, rows = _run(evaluate_paths, truth, pred, skip_missing)
     typer.echo(format_table(summary))
     from .checkpoint import write_json
 

@@ -36,15 +36,17 @@ def evaluate_stacks(truth_path: Path, pred_path: Path) -> dict:
     return {"images": int(truth.shape[0]), **evaluate_membranes(truth != 0, membrane_cells(pred))}
 
 
-def _pred_for(pred_dir: Path, name: str) -> np.ndarray:
+def _pred_path(pred_dir: Path, name: str, skip_missing: bool) -> Path | None:
     for suffix in (".tif", ".tiff", ".png"):
         p = pred_dir / f"{name}{suffix}"
         if p.is_file():
-            return read_image(p)
-    raise InputError(f"{pred_dir}: no prediction for '{name}' (expected {name}.tif)")
+            return p
+    if skip_missing:
+        return None
+    raise InputError(f"{pred_dir}: no prediction for '{name}' (expected {name}.tif; --skip-missing scores the rest)")
 
 
-def instance_pairs(truth: Path, pred_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def instance_pairs(truth: Path, pred_dir: Path, skip_missing: bool = False) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, truth labels, predicted labels), read lazily one image at a time."""
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction folder not found")
@@ -53,15 +55,18 @@ def instance_pairs(truth: Path, pred_dir: Path) -> Iterator[tuple[str, np.ndarra
     ):
         from .data.dsb import list_dsb_items, load_dsb_labels
 
-        items = [i for i in list_dsb_items(truth) if i.has_masks]
-        for item in items:
-            yield item.image_id, load_dsb_labels(item), _pred_for(pred_dir, item.image_id)
+        for item in list_dsb_items(truth):
+            pred = _pred_path(pred_dir, item.image_id, skip_missing) if item.has_masks else None
+            if pred is not None:
+                yield item.image_id, load_dsb_labels(item), read_image(pred)
         return
     for p in list_images(truth):
-        yield p.stem, read_image(p), _pred_for(pred_dir, p.stem)
+        pred = _pred_path(pred_dir, p.stem, skip_missing)
+        if pred is not None:
+            yield p.stem, read_image(p), read_image(pred)
 
 
-def evaluate_paths(truth: Path, pred: Path) -> tuple[dict, list[dict]]:
+def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple[dict, list[dict]]:
     """Scores for a truth/prediction pair of paths; see the module docstring."""
     truth, pred = Path(truth), Path(pred)
     if not truth.exists():
@@ -71,12 +76,15 @@ def evaluate_paths(truth: Path, pred: Path) -> tuple[dict, list[dict]]:
     from .metrics.instance import evaluate_instances
 
     def checked():
-        for name, t, p in instance_pairs(truth, pred):
+        for name, t, p in instance_pairs(truth, pred, skip_missing):
             if t.shape != p.shape:
                 raise InputError(f"{pred}/{name}.tif: size {p.shape} != truth size {t.shape}")
             yield name, t, p
 
-    return evaluate_instances(checked())
+    try:
+        return evaluate_instances(checked())
+    except ValueError as exc:  # no pairs, float or negative labels: the user's files, so name them
+        raise InputError(f"{pred}: {exc}") from None
 
 
 def format_table(summary: dict) -> str:
