@@ -67,3 +67,12 @@ def test_sgd_and_binary_target(stack_files, tmp_path):
                                        "data.foreground": "zero", "train.loss": "bce", "train.schedule": "step"})
     result = train(cfg, tmp_path / "run", progress=False)
     assert "tuned_dice" in result
+
+
+def test_init_weights_starts_from_another_run(stack_files, tmp_path):
+    first = tiny_config(*stack_files, **{"train.epochs": 1})
+    train(first, tmp_path / "a", progress=False)
+    second = tiny_config(*stack_files, **{"train.epochs": 1, "train.lr": 0.0, "train.init_weights": str(tmp_path / "a")})
+    train(second, tmp_path / "b", progress=False)  # lr 0: the weights stay those of run a
+    a, b = load_model(tmp_path / "a").module.state_dict(), load_model(tmp_path / "b").module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)

@@ -79,6 +79,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used only on CUDA
     val_metric: str = "auto"  # auto | dice | v_rand | dsb
     val_every: int = 1  # validate every N epochs (and after the last one)
+    init_weights: str = ""  # start from this model folder's weights (fine-tuning); "" = random init
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
 
     items = items_from_config(cfg.data)
     train_items, val_items = split_items(items, cfg.data, cfg.train.seed)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model)
+    if cfg.train.init_weights and not resume:
+        from .predict import resolve_model
+
+        checkpoint.load_weights(resolve_model(cfg.train.init_weights) / "model.safetensors", model)
+    model = model.to(device)
     loss_fn = get_loss(cfg.train.loss, cfg.model.out_channels)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt)
