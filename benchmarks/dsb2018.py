@@ -38,13 +38,14 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
     ap.add_argument("--train", action="store_true", help="train configs/dsb2018.toml into runs/bench-dsb first")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N validation images")
+    ap.add_argument("--tta", action="store_true", help="also score with 8-fold test-time augmentation")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
     from _report import markdown_table, training_minutes
     from biounet.config import apply_overrides
     from biounet.data.dataset import items_from_config, split_items
-    from biounet.data.dsb import load_dsb_image, load_dsb_labels
+    from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
     from biounet.predict import load_model, resolve_model
 
@@ -62,23 +63,29 @@ def main() -> None:
     if args.limit:
         val = val[: args.limit]
 
-    ours, base = [], []
-    t0 = time.perf_counter()
+    ours, tta, base = [], [], []
+    seconds = 0.0
     for item in val:
-        img, truth = load_dsb_image(item.extra), load_dsb_labels(item.extra)
+        img, truth = load_dsb_pair(item.extra)
+        t0 = time.perf_counter()
         ours.append((item.name, truth, seg.segment(img, item.name)))
+        seconds += time.perf_counter() - t0
         base.append((item.name, truth, otsu_labels(img)))
-    seconds = time.perf_counter() - t0
-    s_ours, _ = evaluate_instances(ours)
-    s_base, _ = evaluate_instances(base)
+        if args.tta:
+            seg.tta = True
+            tta.append((item.name, truth, seg.segment(img, item.name)))
+            seg.tta = False
+    rows = {"biounet " + seg.name: evaluate_instances(ours)[0]}
+    if args.tta:
+        rows["biounet " + seg.name + " + TTA (8 flips/rotations)"] = evaluate_instances(tta)[0]
+    rows["Otsu + connected components (baseline)"] = evaluate_instances(base)[0]
     epochs, train_min = training_minutes(resolve_model(model))
 
-    rows = {"biounet " + seg.name: s_ours, "Otsu + connected components (baseline)": s_base}
     print(f"DSB 2018 stage 1 train, validation split: {len(val)} images not used for training\n")
     print(markdown_table(["method", "DSB score", "AP@0.5", "AP@0.75", "true nuclei", "predicted"],
                          [[n, r["dsb_score"], r["ap50"], r["ap75"], r["n_true"], r["n_pred"]] for n, r in rows.items()]))
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
-          f"prediction + post-processing + baseline: {seconds / len(val):.2f} s per image")
+          f"prediction + post-processing: {seconds / len(val):.2f} s per image")
     if args.json:
         args.json.write_text(json.dumps({"n_images": len(val), "results": rows, "train_minutes": train_min}, indent=2))
 
