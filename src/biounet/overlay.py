@@ -33,7 +33,10 @@ def overlay(image: np.ndarray, seg: np.ndarray, alpha: float = 0.4) -> np.ndarra
         rgb[edges] = colour
         return rgb.astype(np.uint8)
     labels = seg.astype(np.int64)
+    # two-pixel outlines inside each object: visible at a glance, never over a neighbour
     edges = find_boundaries(labels, mode="inner") & (labels > 0)
+    shrunk = np.where(edges, 0, labels)
+    edges |= find_boundaries(shrunk, mode="inner") & (shrunk > 0) & (labels == shrunk)
     rng = np.random.default_rng(0)
     palette = rng.integers(80, 256, size=(int(labels.max()) + 1, 3)).astype(np.float32)
     palette[np.arange(palette.shape[0]), rng.integers(0, 3, size=palette.shape[0])] = 255  # keep colours bright
