@@ -50,6 +50,7 @@ class DataConfig:
     w0: float = 10.0
     sigma: float = 5.0
     num_workers: int = 0
+    balance: bool = False  # sample images so each modality (fluorescence/brightfield/colour) weighs the same
 
 
 @dataclass(frozen=True)

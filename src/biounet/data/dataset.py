@@ -217,6 +217,27 @@ def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
     return np.pad(arr, pad, mode="symmetric")
 
 
+def modality(image: np.ndarray) -> str:
+    """Coarse imaging modality: 'colour' (H&E etc.), 'bright' (brightfield) or 'dark' (fluorescence)."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[-1] >= 3 and float(img[..., :3].std(axis=-1).mean()) > 2.0:
+        return "colour"
+    scale = 65535.0 if image.dtype == np.uint16 else 255.0
+    return "bright" if float(img.mean()) / scale > 0.4 else "dark"
+
+
+def modality_weights(items: list[Item]) -> np.ndarray:
+    """Sampling probabilities that give each modality equal total weight.
+
+    DSB 2018 is ~85 % fluorescence; without balancing, the rare brightfield and
+    H&E images are seen too seldom to be learned. Reads every image once.
+    """
+    kinds = [modality(item.load()[0]) for item in items]
+    counts = {k: kinds.count(k) for k in set(kinds)}
+    w = np.array([1.0 / counts[k] for k in kinds])
+    return w / w.sum()
+
+
 class PatchDataset(Dataset):
     """Random augmented patches: index i draws a patch from a random item.
 
@@ -236,6 +257,7 @@ class PatchDataset(Dataset):
         self.items, self.data, self.aug, self.in_channels, self.cache = items, data, augment, in_channels, cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.epoch_seed = 0
+        self.p = modality_weights(items) if data.balance else None
 
     def __len__(self) -> int:
         return self.data.patches_per_epoch
@@ -251,7 +273,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.epoch_seed, i, torch.initial_seed() % 2**31])
-        img, lab = self._get(int(rng.integers(len(self.items))))
+        img, lab = self._get(int(rng.choice(len(self.items), p=self.p)))
         size = self.data.patch_size
         img, lab = _pad_to(img, size), _pad_to(lab, size)
         top = int(rng.integers(img.shape[0] - size + 1))
