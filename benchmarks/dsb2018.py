@@ -44,7 +44,7 @@ def main() -> None:
 
     from _report import markdown_table, training_minutes
     from biounet.config import apply_overrides
-    from biounet.data.dataset import items_from_config, split_items
+    from biounet.data.dataset import items_from_config, modality, split_items
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
     from biounet.predict import load_model, resolve_model
@@ -63,10 +63,11 @@ def main() -> None:
     if args.limit:
         val = val[: args.limit]
 
-    ours, tta, base = [], [], []
+    ours, tta, base, kinds = [], [], [], {}
     seconds = 0.0
     for item in val:
         img, truth = load_dsb_pair(item.extra)
+        kinds[item.name] = modality(img)
         t0 = time.perf_counter()
         ours.append((item.name, truth, seg.segment(img, item.name)))
         seconds += time.perf_counter() - t0
@@ -75,7 +76,8 @@ def main() -> None:
             seg.tta = True
             tta.append((item.name, truth, seg.segment(img, item.name)))
             seg.tta = False
-    rows = {"biounet " + seg.name: evaluate_instances(ours)[0]}
+    summary, per_image = evaluate_instances(ours)
+    rows = {"biounet " + seg.name: summary}
     if args.tta:
         rows["biounet " + seg.name + " + TTA (8 flips/rotations)"] = evaluate_instances(tta)[0]
     rows["Otsu + connected components (baseline)"] = evaluate_instances(base)[0]
@@ -84,6 +86,11 @@ def main() -> None:
     print(f"DSB 2018 stage 1 train, validation split: {len(val)} images not used for training\n")
     print(markdown_table(["method", "DSB score", "AP@0.5", "AP@0.75", "true nuclei", "predicted"],
                          [[n, r["dsb_score"], r["ap50"], r["ap75"], r["n_true"], r["n_pred"]] for n, r in rows.items()]))
+    by_kind: dict[str, list[float]] = {}
+    for r in per_image:
+        by_kind.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
+    print("\nDSB score by modality (biounet, no TTA): " + ", ".join(
+        f"{k}: {np.mean(v):.3f} over {len(v)} images" for k, v in sorted(by_kind.items())))
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction + post-processing: {seconds / len(val):.2f} s per image")
     if args.json:

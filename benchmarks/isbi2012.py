@@ -31,6 +31,7 @@ def main() -> None:
     from skimage.filters import threshold_otsu
 
     from _report import markdown_table, training_minutes
+    from biounet.checkpoint import read_history
     from biounet.metrics.em import evaluate_membranes
     from biounet.predict import load_model, resolve_model
 
@@ -54,13 +55,20 @@ def main() -> None:
     probs = np.stack([seg.predict(vol[i]) for i in val])
     seconds = time.perf_counter() - t0
     ours = evaluate_membranes(truth, probs < seg.post.threshold)
+    sweep = {t: evaluate_membranes(truth, probs < t)["v_rand"] for t in (0.2, 0.3, 0.4, 0.5, 0.6)}
     otsu = evaluate_membranes(truth, np.stack([vol[i] > threshold_otsu(vol[i]) for i in val]))
     epochs, train_min = training_minutes(resolve_model(model))
+    hist = read_history(resolve_model(model))
 
     rows = {"biounet " + seg.name: ours, "Otsu threshold (baseline)": otsu}
     print(f"ISBI 2012, validation slices {val} (threshold {seg.post.threshold})\n")
     print(markdown_table(["method", "V-Rand", "V-Info", "pixel error", "membrane Dice"],
                          [[n, r["v_rand"], r["v_info"], r["pixel_error"], r["membrane_dice"]] for n, r in rows.items()]))
+    print("\nV-Rand by membrane threshold: " + ", ".join(f"{t}: {v:.4f}" for t, v in sweep.items()))
+    if hist:
+        last = [round(h["val_v_rand"], 3) for h in hist[-15:] if "val_v_rand" in h]
+        print(f"validation V-Rand of the last {len(last)} epochs (history.jsonl): {last}")
+        print(f"fastest epoch: {min(h['seconds'] for h in hist):.1f} s")
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction: {seconds / len(val):.2f} s per 512x512 slice")
     if args.json:
