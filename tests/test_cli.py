@@ -98,3 +98,10 @@ def test_models_lists_each_shipped_model_on_one_line():
         assert lines == ["no shipped models"]
     else:
         assert [ln.split()[0] for ln in lines] == names and all("validation:" in ln for ln in lines)
+
+
+def test_train_needs_a_config_unless_resuming(tmp_path):
+    res = runner.invoke(app, ["train", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "give --config" in res.output
+    res = runner.invoke(app, ["train", "-o", str(tmp_path / "missing"), "--resume"])
+    assert res.exit_code == 2 and "config.json" in res.output

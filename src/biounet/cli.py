@@ -99,7 +99,7 @@ def predict(
 
 @app.command()
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="TOML config (see configs/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config (see configs/); not needed with --resume."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder for weights, config, history."),
     data: Optional[str] = typer.Option(None, help="Override data.images (stack, folder, DSB folder or zip)."),
     labels: Optional[str] = typer.Option(None, help="Override data.labels."),
@@ -114,6 +114,8 @@ def train(
     from .checkpoint import load_config_json
     from .config import apply_overrides, load_config
 
+    if not resume and config is None:
+        _fail("give --config (or --resume to continue the run in --out)")
     cfg = _run(load_config_json, out) if resume else _run(load_config, config)
     overrides = list(set_)
     if data is not None:
