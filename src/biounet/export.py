@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from biounet.io import InputError, atomic_path
+from biounet.labels import check_labels
 
 __all__ = ["rle_encode", "rle_decode", "labels_to_rles", "write_submission", "read_submission"]
 
@@ -57,13 +58,7 @@ def labels_to_rles(labels: np.ndarray) -> list[str]:
     image produce no string. Objects cannot overlap because each pixel holds
     one label, which Kaggle requires.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"expected a 2D label image, got shape {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    labels = check_labels(labels)
     flat = labels.ravel(order="F")
     idx = np.flatnonzero(flat)
     if idx.size == 0:

@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from ..labels import check_labels
+
 __all__ = ["binary_target", "border_target", "unet_weight_map", "balanced_class_weights"]
 
 # The touching term w0*exp(-(d1+d2)^2 / (2 sigma^2)) is computed exactly wherever
@@ -22,17 +24,8 @@ _TOUCH_TOL = 1e-3
 
 
 def _check_labels(labels: NDArray) -> NDArray[np.int64]:
-    """Validate a label image and return it as int64 (find_objects needs ints >= 0)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2D (H, W) array, got shape {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.int64)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must be >= 0 (0 = background)")
-    return labels.astype(np.int64, copy=False)
+    """Validated labels as int64 (find_objects needs ints >= 0)."""
+    return check_labels(labels).astype(np.int64, copy=False)
 
 
 def binary_target(labels_or_mask: NDArray, foreground: str = "nonzero") -> NDArray[np.float32]:

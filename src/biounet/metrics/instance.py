@@ -27,6 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ..labels import check_labels
+
 # Thresholds of the Data Science Bowl 2018 metric: 0.50, 0.55, ..., 0.95.
 # Rounded so that e.g. 0.65 is the literal 0.65, not 0.6500000000000001.
 DSB_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -65,23 +67,12 @@ class Matching:
         return dataclasses.asdict(self)
 
 
-def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        return labels.view(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: expected an integer label image, got dtype {labels.dtype}")
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"{name}: label ids must be >= 0 (0 = background), found {labels.min()}")
-    return labels
-
-
 def _check_pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     truth = np.asarray(truth)
     pred = np.asarray(pred)
     if truth.shape != pred.shape:
         raise ValueError(f"shape mismatch: truth has shape {truth.shape}, pred has shape {pred.shape}")
-    return _check_labels(truth, "truth"), _check_labels(pred, "pred")
+    return check_labels(truth, "truth", ndim=None), check_labels(pred, "pred", ndim=None)
 
 
 def _sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
