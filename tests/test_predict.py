@@ -32,7 +32,7 @@ def test_tiled_prediction_matches_whole_image(padding):
     assert np.abs(tiled - whole).max() < tol
 
 
-def test_tta_of_a_symmetric_net_input_is_consistent():
+def test_tta_returns_probabilities_at_the_image_size():
     seg = make_segmenter(base_features=4, depth=2)
     img = np.random.default_rng(1).integers(0, 255, (40, 40), dtype=np.uint8)
     seg.tta = True

@@ -65,6 +65,7 @@ class NormalizedView:
         self.raw, self.offset, self.scale, self.channels, self.name = raw, offset, scale, channels, name
         self.shape = (channels, raw.shape[0], raw.shape[1])
         self.ndim = 3
+        # fail now, naming the file, rather than at the first tile: a 1-pixel probe of the channel rule
         match_channels(np.zeros((1, 1, 1 if raw.ndim == 2 else raw.shape[2]), np.float32), channels, name)
 
     def __getitem__(self, key: tuple) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import PostConfig, RunConfig
-from .data.dataset import Item, PatchDataset, items_from_config, load_eval_item, split_items
+from .data.dataset import Item, PatchDataset, items_from_config, split_items
 from .io import InputError
 from .losses import get_loss
 from .models.unet import build_model
@@ -70,8 +70,8 @@ def predict_items(seg: Segmenter, items: list[Item]) -> list[tuple[str, np.ndarr
     """(name, probabilities (K, H, W), raw labels) for each validation image."""
     out = []
     for item in items:
-        img, lab = load_eval_item(item, seg.config.data, seg.config.model.in_channels)
-        out.append((item.name, seg.predict_prepared(np.ascontiguousarray(img.transpose(2, 0, 1))), lab))
+        img, lab = item.load()
+        out.append((item.name, seg.predict_prepared(seg.view(img, item.name)), lab))  # normalized as at prediction
     return out
 
 

@@ -291,9 +291,3 @@ class PatchDataset(Dataset):
         if self.data.weight_map:
             out["weight"] = torch.from_numpy(weight_map(lab, self.data))
         return out
-
-
-def load_eval_item(item: Item, data: DataConfig, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """A whole validation image, normalized, (H, W, C) float32, with its raw labels."""
-    img, lab = item.load()
-    return match_channels(normalize(img, data.normalize), in_channels, item.name), lab
