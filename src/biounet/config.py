@@ -45,7 +45,7 @@ class DataConfig:
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction
     patch_size: int = 256
     patches_per_epoch: int = 200
-    normalize: str = "percentile"  # percentile | minmax | range (dtype range) | none
+    normalize: str = "percentile"  # percentile | percentile_invert (gray, objects bright) | nuclei (same, H&E via red) | minmax | range | none
     weight_map: bool = False  # paper's weight map (class balance + touching-object term)
     w0: float = 10.0
     sigma: float = 5.0

@@ -61,7 +61,7 @@ class NormalizedView:
     converted (or even read) whole.
     """
 
-    def __init__(self, raw: Any, offset: float, scale: float, channels: int, name: str) -> None:
+    def __init__(self, raw: Any, offset: float, scale: float | np.ndarray, channels: int, name: str) -> None:
         self.raw, self.offset, self.scale, self.channels, self.name = raw, offset, scale, channels, name
         self.shape = (channels, raw.shape[0], raw.shape[1])
         self.ndim = 3

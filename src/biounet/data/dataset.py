@@ -18,7 +18,7 @@ from ..io import InputError, list_images, read_image, read_stack
 
 
 # ---- normalization ---------------------------------------------------------
-def norm_params(image: np.ndarray, mode: str) -> tuple[float, float]:
+def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray]:
     """(offset, scale) so that ``(image - offset) * scale`` is the normalized image.
 
     ``percentile`` maps the 1st..99.8th percentile of each image to 0..1, which
@@ -38,16 +38,57 @@ def norm_params(image: np.ndarray, mode: str) -> tuple[float, float]:
         lo, hi = np.percentile(sample, (1.0, 99.8))
     elif mode == "minmax":
         lo, hi = float(sample.min()), float(sample.max())
+    elif mode in ("percentile_invert", "nuclei"):
+        return _bright_objects(sample, red_for_colour=mode == "nuclei")
     else:
-        raise ValueError(f"data.normalize must be percentile|minmax|range|none, got {mode!r}")
+        raise ValueError(f"data.normalize must be percentile|percentile_invert|nuclei|minmax|range|none, got {mode!r}")
     return float(lo), 1.0 / max(float(hi - lo), 1e-6)
 
 
-def apply_norm(image: np.ndarray, offset: float, scale: float) -> np.ndarray:
-    """(H, W[, C]) -> float32 (H, W, C) normalized with :func:`norm_params` values."""
+def _bright_objects(sample: np.ndarray, red_for_colour: bool) -> tuple[float, float | np.ndarray]:
+    """Percentile (offset, scale) of a 1-channel "nuclei are bright" view of the image.
+
+    Brightfield and H&E show nuclei dark on a light background, fluorescence
+    bright on a dark one. Inverting the first kind (a negative scale) makes every
+    modality look like fluorescence to a 1-channel net, so the rare modalities
+    borrow what it learned on the common one. The background is taken to be
+    bright when the median gray pixel lies in the upper half of the 1st..99.8th
+    percentile range (nuclei cover well under half of these images).
+
+    ``red_for_colour`` (``normalize = "nuclei"``, for stained tissue): a
+    light-background colour image is read through its red channel alone:
+    hematoxylin (nuclei) absorbs red strongly and eosin (cytoplasm, stroma)
+    hardly at all, whereas in the channel mean pink stroma is as dark as a
+    nucleus; dense tissue is recognised the same way, by a bright red-channel
+    median. The channel choice is folded into a per-channel ``scale`` whose
+    channel mean (what a 1-channel model sees, see :func:`match_channels`) is
+    the normalized red channel; gray images get scalars.
+    """
+    colour = sample.ndim == 3 and sample.shape[-1] > 1
+    if colour and red_for_colour:
+        # decided on the red channel too: in dense tissue the pink stroma makes the gray median dark
+        lo, med, hi = _percentiles(sample[..., 0])
+        if med - lo > 0.5 * (hi - lo):
+            scale = np.zeros(sample.shape[-1], dtype=np.float32)
+            scale[0] = -sample.shape[-1] / (hi - lo)
+            return hi, scale
+    lo, med, hi = _percentiles(sample.mean(axis=-1) if sample.ndim == 3 else sample)
+    if med - lo > 0.5 * (hi - lo):  # light background: brightfield
+        return hi, -1.0 / (hi - lo)
+    return lo, 1.0 / (hi - lo)
+
+
+def _percentiles(gray: np.ndarray) -> tuple[float, float, float]:
+    """1st, 50th and 99.8th percentiles, the top kept at least 1e-6 above the bottom."""
+    lo, med, hi = (float(v) for v in np.percentile(gray, (1.0, 50.0, 99.8)))
+    return lo, med, max(hi, lo + 1e-6)
+
+
+def apply_norm(image: np.ndarray, offset: float, scale: float | np.ndarray) -> np.ndarray:
+    """(H, W[, C]) -> float32 (H, W, C) normalized with :func:`norm_params` values (scale may be per channel)."""
     img = image if image.ndim == 3 else image[..., None]
     out = np.asarray(img, dtype=np.float32) - np.float32(offset)
-    out *= np.float32(scale)
+    out *= np.asarray(scale, dtype=np.float32)
     return out
 
 
