@@ -22,6 +22,20 @@ def test_weights_round_trip_and_half(tmp_path):
     assert torch.allclose(a.head.weight, b.head.weight, atol=1e-3)
 
 
+def test_half_weights_keep_large_batchnorm_statistics(tmp_path):
+    """A running variance above fp16's max (65504) must survive shipping, not become inf."""
+    a, b = UNet(ModelConfig(base_features=4, depth=2)), UNet(ModelConfig(base_features=4, depth=2))
+    bn = next(m for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var.fill_(2.0e5)
+    bn.running_mean.fill_(-7.0e4)
+    save_weights(tmp_path / "h.safetensors", a, half=True)
+    load_weights(tmp_path / "h.safetensors", b)
+    for x, y in zip(a.buffers(), b.buffers()):
+        assert torch.isfinite(y.float()).all() and torch.equal(x, y)
+    x = torch.randn(1, 1, 16, 16)
+    assert torch.allclose(a.eval()(x), b.eval()(x), atol=1e-2)
+
+
 def test_mismatched_architecture_is_a_clear_error(tmp_path):
     save_weights(tmp_path / "w.safetensors", UNet(ModelConfig(base_features=4, depth=2)))
     with pytest.raises(InputError, match="do not match config.json"):

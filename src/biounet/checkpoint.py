@@ -49,13 +49,19 @@ def load_config_json(run_dir: Path) -> RunConfig:
 
 
 def save_weights(path: Path, module: torch.nn.Module, half: bool = False) -> None:
-    """Weights as safetensors; ``half`` stores floats as fp16 (shipped models)."""
+    """Weights as safetensors; ``half`` stores parameters as fp16 (shipped models).
+
+    Buffers (batch-norm running means and variances) stay fp32: they are a
+    tiny part of the file, and a running variance can exceed fp16's largest
+    value (65504), which would turn into ``inf`` and silence that channel.
+    """
     from safetensors.torch import save_file
 
+    params = {k for k, _ in module.named_parameters()}
     state = {}
     for k, v in module.state_dict().items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point():
+        if half and v.is_floating_point() and k in params:
             v = v.half()
         state[k] = v
     with atomic_path(path) as tmp:
