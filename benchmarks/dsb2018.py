@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="train configs/dsb2018.toml into runs/bench-dsb first")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N validation images")
     ap.add_argument("--tta", action="store_true", help="also score with 8-fold test-time augmentation")
+    ap.add_argument("--diameter-from-truth", action="store_true",
+                    help="also score with each image rescaled by its true median nucleus diameter "
+                         "(predict --diameter with a perfect guess: an upper bound for that option)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
@@ -48,6 +51,7 @@ def main() -> None:
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
     from biounet.predict import load_model, resolve_model
+    from biounet.train import median_diameter
 
     model = args.model
     if args.train:
@@ -63,7 +67,7 @@ def main() -> None:
     if args.limit:
         val = val[: args.limit]
 
-    ours, tta, base, kinds = [], [], [], {}
+    ours, tta, rescaled, base, kinds = [], [], [], [], {}
     seconds = 0.0
     for item in val:
         img, truth = load_dsb_pair(item.extra)
@@ -76,10 +80,19 @@ def main() -> None:
             seg.tta = True
             tta.append((item.name, truth, seg.segment(img, item.name)))
             seg.tta = False
+        if args.diameter_from_truth and truth.any():
+            seg.with_diameter(median_diameter([truth]))
+            rescaled.append((item.name, truth, seg.segment(img, item.name)))
+            seg.scale = 1.0
+        elif args.diameter_from_truth:
+            rescaled.append(ours[-1])
     summary, per_image = evaluate_instances(ours)
     rows = {"biounet " + seg.name: summary}
     if args.tta:
         rows["biounet " + seg.name + " + TTA (8 flips/rotations)"] = evaluate_instances(tta)[0]
+    if args.diameter_from_truth:
+        rows[f"biounet {seg.name}, each image rescaled by its true nucleus diameter (--diameter)"] = \
+            evaluate_instances(rescaled)[0]
     rows["Otsu + connected components (baseline)"] = evaluate_instances(base)[0]
     epochs, train_min = training_minutes(resolve_model(model))
 

@@ -43,3 +43,9 @@ def test_missing_and_broken_files(tmp_path):
     p.write_text("[train\n")
     with pytest.raises(InputError, match="cannot parse"):
         load_config(p)
+
+
+def test_list_values_become_tuples_and_round_trip():
+    cfg = apply_overrides(RunConfig(), ["train.class_weights=[1, 1, 3]"])
+    assert cfg.train.class_weights == (1, 1, 3)
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg

@@ -73,3 +73,36 @@ def test_losses_decrease_under_gradient_descent(name, k):
         fn(logits, target, None).backward()
         opt.step()
     assert fn(logits, target, None).item() < first * 0.8
+
+
+def test_class_weights_hand_value_for_cross_entropy():
+    # Two pixels with equal logits over 3 classes: each pixel's CE is log(3).
+    # Targets 1 and 2 with class weights (1, 1, 3): the weighted mean is (1 + 3) log 3 / 4 = log 3,
+    # so use unequal logits to make the weights matter.
+    logits = torch.tensor([[[[0.0, 0.0]], [[2.0, 0.0]], [[0.0, 0.0]]]])  # (1, 3, 1, 2)
+    target = torch.tensor([[[1, 2]]])
+    ce_a = -math.log(math.exp(2) / (math.exp(2) + 2))  # pixel 0, class 1
+    ce_b = math.log(3)  # pixel 1, class 2
+    got = get_loss("ce", 3, (1.0, 1.0, 3.0))(logits, target, None)
+    assert math.isclose(got.item(), (ce_a + 3 * ce_b) / 4, rel_tol=1e-6)
+
+
+def test_class_weights_equal_an_explicit_weight_map_and_multiply_a_given_one():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    cw = torch.tensor([0.5, 1.0, 4.0])
+    pixel_w = torch.rand(2, 8, 8) + 0.1
+    for name in ("ce", "ce_dice"):
+        plain, weighted = get_loss(name, 3), get_loss(name, 3, tuple(cw.tolist()))
+        assert torch.allclose(weighted(logits, target, None), plain(logits, target, cw[target]))
+        assert torch.allclose(weighted(logits, target, pixel_w), plain(logits, target, cw[target] * pixel_w))
+        assert torch.allclose(get_loss(name, 3, (2.0, 2.0, 2.0))(logits, target, None), plain(logits, target, None))
+    assert not torch.allclose(get_loss("ce", 3, (1.0, 1.0, 4.0))(logits, target, None), ce_loss(logits, target))
+
+
+@pytest.mark.parametrize("name, k, weights", [("ce", 3, (1.0, 2.0)), ("bce", 1, (1.0,)),
+                                              ("ce", 3, (1.0, -1.0, 1.0)), ("ce", 3, (0.0, 0.0, 0.0))])
+def test_class_weights_reject_bad_values(name, k, weights):
+    with pytest.raises(ValueError, match="class.weights"):
+        get_loss(name, k, weights)

@@ -74,6 +74,7 @@ class TrainConfig:
     momentum: float = 0.99  # SGD only; the paper's value
     schedule: str = "cosine"  # cosine | step | none
     loss: str = "bce_dice"  # bce | dice | bce_dice | ce | ce_dice
+    class_weights: tuple[float, ...] = ()  # softmax heads: cross-entropy weight per class; () = all 1
     early_stop: int = 0  # validations without improvement before stopping; 0 = off
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch default

@@ -11,7 +11,7 @@ an all-background prediction has loss ~0 and never divides by zero.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +75,30 @@ def _combo(a: LossFn, b: LossFn) -> LossFn:
     return loss
 
 
-def get_loss(name: str, out_channels: int) -> LossFn:
+def with_class_weights(loss_fn: LossFn, class_weights: Sequence[float]) -> LossFn:
+    """``loss_fn`` with each pixel's weight multiplied by its target class's weight.
+
+    Why: a rare class (the 2-px touching border that splits nuclei) is otherwise
+    a few percent of the cross-entropy, so the network under-predicts it and
+    touching nuclei merge. Multiplies any per-pixel weight map that is passed.
+    """
+    table = torch.tensor([float(w) for w in class_weights])
+    if table.numel() == 0 or bool((table < 0).any()) or float(table.sum()) == 0.0:
+        raise ValueError(f"class weights must be >= 0 and not all 0, got {list(class_weights)}")
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        per_class = table.to(logits.device)[target.long()]
+        return loss_fn(logits, target, per_class if weight is None else per_class * weight)
+
+    return loss
+
+
+def get_loss(name: str, out_channels: int, class_weights: Sequence[float] = ()) -> LossFn:
     """Loss by config name; binary names need a 1-channel head, ``ce*`` a K-channel head.
 
     In the combined losses the weight map weights the cross-entropy term only:
     it encodes per-pixel importance, which Dice (a region overlap) has no notion of.
+    ``class_weights`` (softmax heads only, one per class) scale that weight per target class.
     """
     binary = out_channels == 1
     table: dict[str, LossFn] = {
@@ -95,4 +114,9 @@ def get_loss(name: str, out_channels: int) -> LossFn:
         raise ValueError(f"loss {name!r} needs model.out_channels >= 2 (softmax head)")
     if not binary and name.startswith("bce"):
         raise ValueError(f"loss {name!r} needs model.out_channels == 1 (binary head); use 'ce' or 'ce_dice'")
-    return table[name]
+    if not class_weights:
+        return table[name]
+    if binary or len(class_weights) != out_channels:
+        raise ValueError(f"train.class_weights needs one weight per class of a softmax head "
+                         f"({out_channels} channels), got {list(class_weights)}")
+    return with_class_weights(table[name], class_weights)

@@ -168,7 +168,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
 
         checkpoint.load_weights(resolve_model(cfg.train.init_weights) / "model.safetensors", model)
     model = model.to(device)
-    loss_fn = get_loss(cfg.train.loss, cfg.model.out_channels)
+    loss_fn = get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt)
     use_amp = cfg.train.amp and device.type == "cuda"
