@@ -1,8 +1,9 @@
-"""Training targets from instance labels: binary, 3-class border, U-Net weight map."""
+"""Training targets from instance labels: binary, 3-class border / contour, U-Net weight map."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.draw import disk
 
 from biounet.data.targets import balanced_class_weights, binary_target, border_target, unet_weight_map
@@ -74,6 +75,57 @@ def test_border_covers_a_small_gap_but_not_a_wide_one():
     assert not (border_target(far, border_width=2) == 2).any()
     # gap pixels themselves stay background
     assert not (border_target(near, border_width=2)[near == 0]).any()
+
+
+# --- contour3 ---------------------------------------------------------------
+
+def test_contour_target_is_the_inner_band_of_every_outline():
+    lab = np.zeros((12, 16), dtype=np.int32)
+    lab[2:10, 2:8] = 1
+    lab[2:10, 8:14] = 2  # touching along columns 7 | 8
+    t = border_target(lab, border_width=1, contours=True)
+    expected = (lab > 0).astype(np.uint8)
+    # each object's outermost ring of pixels (4-neighbours of anything else) is class 2
+    for k in (1, 2):
+        obj = lab == k
+        ring = obj & ~ndimage.binary_erosion(obj, border_value=1)
+        expected[ring] = 2
+    np.testing.assert_array_equal(t, expected)
+    np.testing.assert_array_equal(t[3:9, 3:7], 1)  # interior of object 1
+    np.testing.assert_array_equal(t[:, 7:9][lab[:, 7:9] > 0], 2)  # the shared edge
+
+
+def test_contour_target_of_an_isolated_disk_is_its_eroded_interior():
+    lab = np.zeros((30, 30), dtype=np.int32)
+    lab[disk((15, 15), 8)] = 3
+    t = border_target(lab, border_width=2, contours=True)
+    # interior = pixels farther than 2 px from every background pixel
+    dist = ndimage.distance_transform_edt(lab > 0)
+    np.testing.assert_array_equal(t == 1, dist > 2)
+    np.testing.assert_array_equal(t == 2, (lab > 0) & (dist <= 2))
+    np.testing.assert_array_equal(t == 0, lab == 0)
+
+
+def test_contour_target_does_not_outline_the_image_edge():
+    lab = np.zeros((8, 8), dtype=np.int32)
+    lab[:, :4] = 7  # cut by the left, top and bottom edges
+    t = border_target(lab, border_width=1, contours=True)
+    np.testing.assert_array_equal(t[:, 3], 2)  # its only real outline
+    np.testing.assert_array_equal(t[:, :3], 1)
+
+
+def test_dataset_target_dispatch_for_border3_and_contour3():
+    from biounet.config import DataConfig
+    from biounet.data.dataset import make_target
+
+    lab, _, _ = _two_disks(gap=0)
+    touching = make_target(lab, DataConfig(target="border3"))
+    outline = make_target(lab, DataConfig(target="contour3"))
+    assert touching.dtype == outline.dtype == np.int64
+    np.testing.assert_array_equal(touching, border_target(lab))
+    np.testing.assert_array_equal(outline, border_target(lab, contours=True))
+    # every touching-border pixel is an outline pixel too, and there are outline pixels away from the contact
+    assert ((touching == 2) <= (outline == 2)).all() and (outline == 2).sum() > (touching == 2).sum()
 
 
 # --- weight map --------------------------------------------------------------

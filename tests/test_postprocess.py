@@ -33,9 +33,9 @@ def _touching_disks(shape: tuple[int, int] = (40, 56)) -> np.ndarray:
     return labels
 
 
-def _border_probs(labels: np.ndarray, smooth: float = 1.0) -> np.ndarray:
-    """A plausible (3, H, W) softmax: the one-hot border3 target, blurred and renormalised."""
-    onehot = np.stack([border_target(labels, 2) == c for c in range(3)]).astype(np.float64)
+def _border_probs(labels: np.ndarray, smooth: float = 1.0, contours: bool = False) -> np.ndarray:
+    """A plausible (3, H, W) softmax: the one-hot border3 (or contour3) target, blurred and renormalised."""
+    onehot = np.stack([border_target(labels, 2, contours) == c for c in range(3)]).astype(np.float64)
     probs = np.stack([ndimage.gaussian_filter(ch, smooth) for ch in onehot]) + 1e-3
     return probs / probs.sum(0, keepdims=True)
 
@@ -100,6 +100,16 @@ def test_border_probs_split_touching_disks_that_components_merge():
     labels = instances_from_border_probs(probs, INSTANCES)
     assert labels.max() == 2 and labels.dtype == np.int32
     assert _mean_best_iou(truth, labels) > 0.9
+
+
+def test_contour_probs_split_touching_disks_and_restore_their_full_extent():
+    """contour3 seeds are shrunk objects; the watershed must grow them back over the outline band."""
+    truth = _touching_disks()
+    probs = _border_probs(truth, contours=True)
+    labels = instances_from_border_probs(probs, INSTANCES)
+    assert labels.max() == 2
+    assert _mean_best_iou(truth, labels) > 0.9
+    assert abs(int((labels > 0).sum()) - int((truth > 0).sum())) < 0.05 * (truth > 0).sum()
 
 
 def test_distance_watershed_splits_touching_disks():

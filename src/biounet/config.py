@@ -39,7 +39,7 @@ class DataConfig:
     kind: str = "stack"  # stack (image + label TIFF stacks) | folders | dsb (folder or zip) | coco (JSON)
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
-    target: str = "binary"  # binary | membrane | border3 (bg / nucleus / touching border)
+    target: str = "binary"  # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
     foreground: str = "nonzero"  # for binary targets: "nonzero" or "zero" (ISBI: 0 = membrane)
     val_fraction: float = 0.2
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction

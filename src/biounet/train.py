@@ -62,7 +62,7 @@ def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
 def val_metric_name(cfg: RunConfig) -> str:
     if cfg.train.val_metric != "auto":
         return cfg.train.val_metric
-    return {"membrane": "v_rand", "border3": "dsb"}.get(cfg.data.target, "dice")
+    return {"membrane": "v_rand", "border3": "dsb", "contour3": "dsb"}.get(cfg.data.target, "dice")
 
 
 # ---- validation ---------------------------------------------------------------

@@ -222,16 +222,16 @@ def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Ite
 
 # ---- targets -----------------------------------------------------------------
 def make_target(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Integer labels -> training target: float {0,1} for binary, int64 classes for border3."""
+    """Integer labels -> training target: float {0,1} for binary, int64 classes for border3/contour3."""
     from . import targets
 
     if cfg.target == "membrane":  # ISBI: label 0 = membrane = the class we predict
         return (labels == 0).astype(np.float32)
     if cfg.target == "binary":
         return (labels != 0).astype(np.float32) if cfg.foreground == "nonzero" else (labels == 0).astype(np.float32)
-    if cfg.target == "border3":
-        return targets.border_target(labels).astype(np.int64)
-    raise InputError(f"data.target must be binary|membrane|border3, got {cfg.target!r}")
+    if cfg.target in ("border3", "contour3"):
+        return targets.border_target(labels, contours=cfg.target == "contour3").astype(np.int64)
+    raise InputError(f"data.target must be binary|membrane|border3|contour3, got {cfg.target!r}")
 
 
 def instance_labels(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:

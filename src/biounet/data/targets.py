@@ -47,7 +47,7 @@ def _disk(radius: int) -> NDArray[np.bool_]:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
-def border_target(labels: NDArray, border_width: int = 2) -> NDArray[np.uint8]:
+def border_target(labels: NDArray, border_width: int = 2, contours: bool = False) -> NDArray[np.uint8]:
     """3-class target ``(H, W)`` uint8: 0 background, 1 object interior, 2 touching border.
 
     Class 2 marks object pixels lying within ``border_width`` px (Euclidean,
@@ -61,6 +61,13 @@ def border_target(labels: NDArray, border_width: int = 2) -> NDArray[np.uint8]:
     as class 1, so their seeds are not shrunk and ``1 - p(background)`` still
     delineates them. Background pixels in narrow gaps stay class 0, so predicted
     objects are not inflated into the gap.
+
+    ``contours=True`` (``data.target = "contour3"``) makes class 2 the inner band
+    of *every* object outline instead: object pixels within ``border_width`` px
+    of background or of another object. The border is then a local edge the
+    network sees on every nucleus, not only where two touch, and the interior
+    (the watershed seeds) is each object shrunk by ``border_width``. The image
+    edge is not an outline (an object cut by a patch edge goes on beyond it).
     """
     lab = _check_labels(labels)
     out = (lab > 0).astype(np.uint8)
@@ -69,6 +76,13 @@ def border_target(labels: NDArray, border_width: int = 2) -> NDArray[np.uint8]:
     if border_width == 0 or not out.any():
         return out
     foot = _disk(int(border_width))
+    if contours:
+        # Any other value (background included) in the disk; "nearest" keeps the
+        # image edge from reading as background.
+        hi = ndimage.maximum_filter(lab, footprint=foot, mode="nearest")
+        lo = ndimage.minimum_filter(lab, footprint=foot, mode="nearest")
+        out[(lab > 0) & ((hi != lab) | (lo != lab))] = 2
+        return out
     # A pixel of object k sees another object within the disk iff the largest or
     # the smallest nonzero label in its disk differs from k; background is kept
     # out of the minimum by mapping it to +inf.
