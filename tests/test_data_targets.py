@@ -128,6 +128,76 @@ def test_dataset_target_dispatch_for_border3_and_contour3():
     assert ((touching == 2) <= (outline == 2)).all() and (outline == 2).sum() > (touching == 2).sum()
 
 
+def _random_disks(rng: np.random.Generator, shape=(64, 64), n=8) -> np.ndarray:
+    lab = np.zeros(shape, dtype=np.int32)
+    for k in range(1, n + 1):  # later disks overwrite earlier ones: touching and overlapping shapes
+        lab[disk(tuple(rng.integers(0, shape[0], 2)), int(rng.integers(2, 12)), shape=shape)] = k
+    return lab
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_relative_band_no_wider_than_the_fixed_one_is_the_fixed_band(width):
+    # radii < 13 px, so 0.01 x radius < 1 px and the band is border_width everywhere
+    rng = np.random.default_rng(width)
+    for _ in range(10):
+        lab = _random_disks(rng)
+        np.testing.assert_array_equal(
+            border_target(lab, width, contours=True, border_fraction=0.01), border_target(lab, width, contours=True)
+        )
+
+
+def test_relative_band_leaves_each_disk_a_core_of_the_same_relative_size():
+    lab = np.zeros((80, 80), dtype=np.int32)
+    lab[disk((20, 20), 16)] = 1
+    lab[disk((60, 60), 6)] = 2
+    t = border_target(lab, border_width=1, contours=True, border_fraction=0.5)
+    for k, r in ((1, 16), (2, 6)):
+        core = (t == 1) & (lab == k)
+        # the core is a centred disk of about half the radius (pixel radii differ from r by < 1)
+        assert ndimage.label(core)[1] == 1
+        assert np.pi * (r / 2 - 1) ** 2 <= core.sum() <= np.pi * (r / 2 + 1) ** 2
+    np.testing.assert_array_equal(t == 0, lab == 0)
+
+
+def test_relative_band_cuts_deeper_into_a_big_neighbour():
+    lab = np.zeros((40, 60), dtype=np.int32)
+    lab[5:35, 5:35] = 1  # 30 px square
+    lab[15:25, 35:45] = 2  # 10 px square touching its right side
+    t = border_target(lab, border_width=1, contours=True, border_fraction=0.5)
+    row = t[20]
+    big_band = np.flatnonzero(row[5:35] == 2)  # band pixels of the big square on its middle row
+    small_band = np.flatnonzero(row[35:45] == 2)
+    # inscribed radius (EDT) 15 and 5: bands 7.5 and 2.5 px deep from each side
+    assert big_band.tolist() == [0, 1, 2, 3, 4, 5, 6, 23, 24, 25, 26, 27, 28, 29]
+    assert small_band.tolist() == [0, 1, 8, 9]
+
+
+def test_relative_band_does_not_outline_the_image_edge():
+    lab = np.zeros((20, 20), dtype=np.int32)
+    lab[:, :10] = 4  # outline only at column 9; inscribed radius 10 -> band 5 px
+    t = border_target(lab, border_width=1, contours=True, border_fraction=0.5)
+    np.testing.assert_array_equal(t[:, 5:10], 2)
+    np.testing.assert_array_equal(t[:, :5], 1)
+
+
+def test_relative_band_rejects_negative_fraction_and_is_ignored_by_border3():
+    from biounet.config import DataConfig
+    from biounet.data.dataset import make_target
+
+    lab = np.zeros((40, 40), dtype=np.int32)
+    lab[5:35, 5:35] = 1
+    with pytest.raises(ValueError, match="border_fraction"):
+        border_target(lab, contours=True, border_fraction=-0.1)
+    from biounet.io import InputError
+
+    with pytest.raises(InputError, match="data.border_fraction"):
+        make_target(lab, DataConfig(target="contour3", border_fraction=-1.0))
+    wide = make_target(lab, DataConfig(target="contour3", border_fraction=0.5))
+    np.testing.assert_array_equal(wide, border_target(lab, contours=True, border_fraction=0.5))
+    assert (wide == 2).sum() > (make_target(lab, DataConfig(target="contour3")) == 2).sum()
+    np.testing.assert_array_equal(make_target(lab, DataConfig(target="border3", border_fraction=0.5)), border_target(lab))
+
+
 # --- weight map --------------------------------------------------------------
 
 def test_weight_map_matches_brute_force_reference():

@@ -40,6 +40,7 @@ class DataConfig:
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
     target: str = "binary"  # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
+    border_fraction: float = 0.0  # contour3: outline band = max(2 px, this x each object's inscribed radius)
     foreground: str = "nonzero"  # for binary targets: "nonzero" or "zero" (ISBI: 0 = membrane)
     val_fraction: float = 0.2
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction
