@@ -46,6 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from _report import markdown_table, training_minutes
+    from biounet.checkpoint import read_history
     from biounet.config import apply_overrides
     from biounet.data.dataset import items_from_config, modality, split_items
     from biounet.data.dsb import load_dsb_pair
@@ -104,6 +105,13 @@ def main() -> None:
         by_kind.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
     print("\nDSB score by modality (biounet, no TTA): " + ", ".join(
         f"{k}: {np.mean(v):.3f} over {len(v)} images" for k, v in sorted(by_kind.items())))
+    scored = [h for h in read_history(resolve_model(model)) if "val_dsb" in h]
+    if scored:
+        # Free of selection: the last epoch, at the config's fixed thresholds (not the tuned ones).
+        best = max(scored, key=lambda h: h["val_dsb"])
+        print(f"\nvalidation DSB during training at the config's own thresholds (history.jsonl): "
+              f"last epoch ({scored[-1]['epoch']}) {scored[-1]['val_dsb']:.4f}, "
+              f"best epoch ({best['epoch']}, shipped) {best['val_dsb']:.4f}")
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction + post-processing: {seconds / len(val):.2f} s per image")
     if args.json:
