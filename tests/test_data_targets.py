@@ -180,6 +180,12 @@ def test_relative_band_does_not_outline_the_image_edge():
     np.testing.assert_array_equal(t[:, :5], 1)
 
 
+def test_relative_band_of_an_object_filling_the_image_is_empty():
+    lab = np.full((6, 6), 3, dtype=np.int32)  # no outline anywhere: all interior, as with the fixed band
+    np.testing.assert_array_equal(border_target(lab, 2, contours=True, border_fraction=0.5), 1)
+    np.testing.assert_array_equal(border_target(lab, 2, contours=True), 1)
+
+
 def test_relative_band_rejects_negative_fraction_and_is_ignored_by_border3():
     from biounet.config import DataConfig
     from biounet.data.dataset import make_target

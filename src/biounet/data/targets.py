@@ -78,13 +78,13 @@ def border_target(
     the size leaves every object a seed of about the same *relative* size.
     """
     lab = _check_labels(labels)
+    if border_width < 0:
+        raise ValueError(f"border_width must be >= 0, got {border_width}")
     if border_fraction < 0:
         raise ValueError(f"border_fraction must be >= 0, got {border_fraction}")
     if border_fraction > 0 and contours:
         return _relative_contours(lab, border_width, border_fraction)
     out = (lab > 0).astype(np.uint8)
-    if border_width < 0:
-        raise ValueError(f"border_width must be >= 0, got {border_width}")
     if border_width == 0 or not out.any():
         return out
     foot = _disk(int(border_width))
@@ -111,7 +111,8 @@ def _outline_distance(lab: NDArray[np.int64]) -> NDArray[np.float64]:
 
     Background and other objects both count as outside; the image edge does
     not (pixels beyond it are unknown), matching ``mode="nearest"`` of the
-    fixed-width band: ``dist <= w`` is exactly that band's class 2.
+    fixed-width band: ``dist <= w`` is exactly that band's class 2. An object
+    filling the whole image has no outline: ``inf``.
     """
     dist = np.zeros(lab.shape, dtype=np.float64)
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -121,18 +122,20 @@ def _outline_distance(lab: NDArray[np.int64]) -> NDArray[np.float64]:
         # pixel (projecting any nearer-looking one onto the box only gets closer).
         grow = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         obj = lab[grow] == k
-        dist[grow][obj] = ndimage.distance_transform_edt(obj)[obj]
+        # (scipy's EDT of an all-True array is not "infinitely far", so say it here)
+        dist[grow][obj] = ndimage.distance_transform_edt(obj)[obj] if not obj.all() else np.inf
     return dist
 
 
 def _relative_contours(lab: NDArray[np.int64], border_width: int, fraction: float) -> NDArray[np.uint8]:
+    """The contour band of :func:`border_target`, ``max(border_width, fraction * r)`` deep per object."""
     out = (lab > 0).astype(np.uint8)
     if not out.any():
         return out
     dist = _outline_distance(lab)
     radius = ndimage.maximum(dist, lab, index=np.arange(lab.max() + 1))
     band = np.maximum(float(border_width), fraction * np.asarray(radius)[lab])
-    out[(lab > 0) & (dist <= band)] = 2
+    out[(lab > 0) & np.isfinite(dist) & (dist <= band)] = 2
     return out
 
 
