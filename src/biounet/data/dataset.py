@@ -232,9 +232,8 @@ def make_target(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
     if cfg.target in ("border3", "contour3"):
         if cfg.border_fraction < 0:
             raise InputError(f"data.border_fraction must be >= 0, got {cfg.border_fraction}")
-        contours = cfg.target == "contour3"
-        fraction = cfg.border_fraction if contours else 0.0
-        return targets.border_target(labels, contours=contours, border_fraction=fraction).astype(np.int64)
+        contours = cfg.target == "contour3"  # border_target uses the fraction for contours only
+        return targets.border_target(labels, contours=contours, border_fraction=cfg.border_fraction).astype(np.int64)
     raise InputError(f"data.target must be binary|membrane|border3|contour3, got {cfg.target!r}")
 
 

@@ -82,19 +82,12 @@ def border_target(
         raise ValueError(f"border_width must be >= 0, got {border_width}")
     if border_fraction < 0:
         raise ValueError(f"border_fraction must be >= 0, got {border_fraction}")
-    if border_fraction > 0 and contours:
-        return _relative_contours(lab, border_width, border_fraction)
+    if contours:
+        return _contour_band(lab, border_width, border_fraction)
     out = (lab > 0).astype(np.uint8)
     if border_width == 0 or not out.any():
         return out
     foot = _disk(int(border_width))
-    if contours:
-        # Any other value (background included) in the disk; "nearest" keeps the
-        # image edge from reading as background.
-        hi = ndimage.maximum_filter(lab, footprint=foot, mode="nearest")
-        lo = ndimage.minimum_filter(lab, footprint=foot, mode="nearest")
-        out[(lab > 0) & ((hi != lab) | (lo != lab))] = 2
-        return out
     # A pixel of object k sees another object within the disk iff the largest or
     # the smallest nonzero label in its disk differs from k; background is kept
     # out of the minimum by mapping it to +inf.
@@ -110,9 +103,8 @@ def _outline_distance(lab: NDArray[np.int64]) -> NDArray[np.float64]:
     """Per object pixel, the Euclidean distance to the nearest pixel of another value.
 
     Background and other objects both count as outside; the image edge does
-    not (pixels beyond it are unknown), matching ``mode="nearest"`` of the
-    fixed-width band: ``dist <= w`` is exactly that band's class 2. An object
-    filling the whole image has no outline: ``inf``.
+    not (pixels beyond it are unknown, and an object cut by a patch edge goes
+    on beyond it). An object filling the whole image has no outline: ``inf``.
     """
     dist = np.zeros(lab.shape, dtype=np.float64)
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -127,15 +119,16 @@ def _outline_distance(lab: NDArray[np.int64]) -> NDArray[np.float64]:
     return dist
 
 
-def _relative_contours(lab: NDArray[np.int64], border_width: int, fraction: float) -> NDArray[np.uint8]:
-    """The contour band of :func:`border_target`, ``max(border_width, fraction * r)`` deep per object."""
+def _contour_band(lab: NDArray[np.int64], border_width: int, fraction: float) -> NDArray[np.uint8]:
+    """The contour band of :func:`border_target`: ``max(border_width, fraction * r)`` deep per object."""
     out = (lab > 0).astype(np.uint8)
     if not out.any():
         return out
     dist = _outline_distance(lab)
-    radius = ndimage.maximum(dist, lab, index=np.arange(lab.max() + 1))
+    # An object without outline (dist = inf) gets radius 0 and, being inf away, no band.
+    radius = ndimage.maximum(np.where(np.isfinite(dist), dist, 0.0), lab, index=np.arange(lab.max() + 1))
     band = np.maximum(float(border_width), fraction * np.asarray(radius)[lab])
-    out[(lab > 0) & np.isfinite(dist) & (dist <= band)] = 2
+    out[(lab > 0) & (dist <= band)] = 2
     return out
 
 
