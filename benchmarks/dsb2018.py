@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/dsb2018.py --model runs/nuclei    # a run folder
     .venv/bin/python benchmarks/dsb2018.py --train                # train configs/dsb2018.toml first
 
-The validation split is recomputed from the model's own config (seeded, data.val_fraction of the zip's
-images); the model never trained on it. Otsu threshold + connected components is scored on the same
+The validation images are the ones the model's run recorded in metrics.json (a seeded
+data.val_fraction of the zip's images); the model never trained on them. Otsu threshold + connected components is scored on the same
 images for scale (the issue quotes ~0.40 for it on images like these).
 """
 from __future__ import annotations
@@ -46,17 +46,17 @@ def main() -> None:
     args = ap.parse_args()
 
     from _report import markdown_table, training_minutes
-    from biounet.checkpoint import read_history
-    from biounet.config import apply_overrides
-    from biounet.data.dataset import items_from_config, modality, split_items
+    from biounet.checkpoint import read_history, resolve_model, validation_names
+    from biounet.tasks import apply_overrides
+    from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
-    from biounet.predict import load_model, resolve_model
+    from biounet.predict import load_model
     from biounet.train import median_diameter
 
     model = args.model
     if args.train:
-        from biounet.config import load_config
+        from biounet.tasks import load_config
         from biounet.train import train
 
         cfg = apply_overrides(load_config(ROOT / "configs/dsb2018.toml"), [f"data.images={args.data}"])
@@ -64,10 +64,11 @@ def main() -> None:
         train(cfg, model, progress=False)
     seg = load_model(model)
     data_cfg = apply_overrides(seg.config, [f"data.images={args.data}"]).data
-    _, val = split_items(items_from_config(data_cfg), data_cfg, seg.config.train.seed)
+    val = items_named(items_from_config(data_cfg), validation_names(resolve_model(model)))
     if args.limit:
         val = val[: args.limit]
 
+    seg_tta = seg.with_options(tta=True)
     ours, tta, rescaled, base, kinds = [], [], [], [], {}
     seconds = 0.0
     for item in val:
@@ -78,13 +79,10 @@ def main() -> None:
         seconds += time.perf_counter() - t0
         base.append((item.name, truth, otsu_labels(img)))
         if args.tta:
-            seg.tta = True
-            tta.append((item.name, truth, seg.segment(img, item.name)))
-            seg.tta = False
+            tta.append((item.name, truth, seg_tta.segment(img, item.name)))
         if args.diameter_from_truth and truth.any():
-            seg.with_diameter(median_diameter([truth]))
-            rescaled.append((item.name, truth, seg.segment(img, item.name)))
-            seg.scale = 1.0
+            rescaled_seg = seg.with_options(diameter=median_diameter([truth]))
+            rescaled.append((item.name, truth, rescaled_seg.segment(img, item.name)))
         elif args.diameter_from_truth:
             rescaled.append(ours[-1])
     summary, per_image = evaluate_instances(ours)

@@ -87,14 +87,15 @@ def build_net(spec: dict):
 
 
 def run_ours(spec: dict, predict) -> tuple[float, object]:
-    from biounet.tiling import NetGeometry, TileConfig, open_output, predict_tiled
+    from biounet.io import open_array
+    from biounet.tiling import NetGeometry, TileConfig, predict_tiled
 
     size = spec["size"]
     cfg = TileConfig(tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch_size"], blend="gaussian")
     geo = NetGeometry(margin=0, align=2 ** spec["depth"])
     if spec["memmap"]:
         image = np.load(spec["input"], mmap_mode="r")
-        out = open_output((1, size, size), np.float32, Path(spec["workdir"]) / "out_ours.npy")
+        out = open_array((1, size, size), np.float32, Path(spec["workdir"]) / "out_ours.npy")
     else:
         image, out = np.load(spec["input"]), None
     t0 = time.perf_counter()
@@ -236,7 +237,7 @@ def untiled_errors(tmp: Path) -> dict[str, float]:
 def receptive_field_of(args: argparse.Namespace) -> int:
     import torch
 
-    from biounet.tiling import receptive_field
+    from biounet.models.unet import receptive_field
 
     torch.set_num_threads(args.threads)
     net, _ = build_net(vars(args) | {"channels_last": False})

@@ -31,14 +31,14 @@ def main() -> None:
     from skimage.filters import threshold_otsu
 
     from _report import markdown_table, training_minutes
-    from biounet.checkpoint import read_history
+    from biounet.checkpoint import read_history, resolve_model
     from biounet.metrics.em import evaluate_membranes
-    from biounet.predict import load_model, resolve_model
+    from biounet.predict import load_model
 
     data = Path(args.data)
     model = args.model
     if args.train:
-        from biounet.config import apply_overrides, load_config
+        from biounet.tasks import apply_overrides, load_config
         from biounet.train import train
 
         cfg = load_config(ROOT / "configs/isbi2012.toml")

@@ -44,7 +44,8 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder trained for one epoch on synthetic stacks (a tiny same-padding net)."""
-    from biounet.config import RunConfig, apply_overrides
+    from biounet.config import RunConfig
+    from biounet.tasks import apply_overrides
     from biounet.train import train
 
     root = tmp_path_factory.mktemp("tiny")
@@ -54,7 +55,7 @@ def tiny_run(tmp_path_factory) -> Path:
     tifffile.imwrite(root / "lab.tif", np.stack([np.where(p[1] > 0, 0, 255).astype(np.uint8) for p in pairs]),
                      photometric="minisblack")
     cfg = apply_overrides(RunConfig(), [
-        f"data.images={root / 'vol.tif'}", f"data.labels={root / 'lab.tif'}", "data.target=membrane",
+        f"data.images={root / 'vol.tif'}", f"data.labels={root / 'lab.tif'}", "task=membrane",
         "data.val_indices=[2]", "data.patch_size=32", "data.patches_per_epoch=8", "model.base_features=4",
         "model.depth=2", "train.epochs=1",
     ])

@@ -1,6 +1,8 @@
 """Run folders: weights round trip (fp16 too), clear errors, no unpickling of arbitrary objects."""
 import pickle
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -57,3 +59,66 @@ def test_training_state_refuses_arbitrary_pickles(tmp_path):
         torch.save({"x": Evil()}, fh, pickle_module=pickle)
     with pytest.raises(InputError, match="cannot load training state"):
         load_state(tmp_path / "evil.pt")
+
+
+# ---- the run folder's config: format versions ---------------------------------------
+def _v1_config(target: str, metric: str = "auto") -> dict:
+    """A config.json as biounet wrote it before tasks (format 1: no 'format', no 'task', train.val_metric)."""
+    from biounet.config import RunConfig, to_dict
+
+    data = to_dict(RunConfig())
+    data["data"]["target"] = target
+    data["train"]["val_metric"] = metric
+    if target in ("border3", "contour3"):
+        data["model"]["out_channels"] = 3
+        data["train"]["loss"] = "ce_dice"
+        data["post"]["mode"] = "instances"
+    return data
+
+
+@pytest.mark.parametrize("target,metric,task", [("membrane", "auto", "membrane"), ("contour3", "auto", "nuclei"),
+                                                ("border3", "dsb", "nuclei"), ("binary", "auto", "binary")])
+def test_format_1_folders_are_migrated(tmp_path, target, metric, task):
+    import json
+
+    from biounet.checkpoint import load_config, save_config
+
+    (tmp_path / "config.json").write_text(json.dumps(_v1_config(target, metric)))
+    cfg = load_config(tmp_path)
+    assert cfg.task == task and cfg.data.target == target
+    save_config(tmp_path, cfg)  # written back in the current format, which reads the same
+    assert json.loads((tmp_path / "config.json").read_text())["format"] == 2
+    assert load_config(tmp_path) == cfg
+
+
+def test_newer_or_broken_config_json_is_a_clear_error(tmp_path):
+    import json
+
+    from biounet.checkpoint import load_config
+
+    data = _v1_config("membrane")
+    del data["train"]["val_metric"]
+    (tmp_path / "config.json").write_text(json.dumps({"format": 99, "task": "membrane", **data}))
+    with pytest.raises(InputError, match=r"config.json: model format 99 is newer than this biounet reads \(up to 2\)"):
+        load_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"model": ')
+    with pytest.raises(InputError, match="config.json: invalid JSON"):
+        load_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": 2, "task": "membrane", "model": {"depth": "4"}}))
+    with pytest.raises(InputError, match=r'config.json: config: model.depth = "4" must be an integer'):
+        load_config(tmp_path)
+
+
+def test_ship_writes_a_loadable_model_folder_in_the_current_format(tiny_run, tmp_path):
+    import json
+
+    from biounet.checkpoint import ship, validation_names
+    from biounet.predict import load_model
+
+    dest = ship(tiny_run, tmp_path / "shipped")
+    assert json.loads((dest / "config.json").read_text())["format"] == 2
+    assert validation_names(dest) == validation_names(tiny_run) == ["vol[2]"]
+    a, b = load_model(tiny_run), load_model(dest)
+    img = np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)
+    assert np.abs(a.predict(img) - b.predict(img)).max() < 1e-2  # fp16 parameters
+    assert not list(dest.glob(".*"))  # no temporary files left

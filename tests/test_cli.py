@@ -88,7 +88,7 @@ def test_train_rejects_bad_override(tmp_path):
 
 
 def test_models_lists_each_shipped_model_on_one_line():
-    from biounet.predict import shipped_models
+    from biounet.checkpoint import shipped_models
 
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
@@ -102,6 +102,31 @@ def test_models_lists_each_shipped_model_on_one_line():
 
 def test_train_needs_a_config_unless_resuming(tmp_path):
     res = runner.invoke(app, ["train", "-o", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "give --config" in res.output
+    assert res.exit_code == 2 and "give --config or --task" in res.output
     res = runner.invoke(app, ["train", "-o", str(tmp_path / "missing"), "--resume"])
     assert res.exit_code == 2 and "config.json" in res.output
+
+
+def test_train_bad_config_value_fails_before_reading_any_data(tmp_path):
+    """A wrong type is reported at load, naming the key, even though the data path does not exist."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('task = "nuclei"\n[data]\nimages = "/nonexistent/stage1_train.zip"\n[train]\nepochs = "5"\n')
+    res = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f'error: {cfg}: config: train.epochs = "5" must be an integer'
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_from_a_task_alone(stack_files, tmp_path):
+    vol, lab = stack_files
+    res = runner.invoke(app, ["train", "--task", "membrane", "--data", str(vol), "--labels", str(lab),
+                              "-o", str(tmp_path / "r"), "--epochs", "1", "--quiet", "--set", "data.patch_size=32",
+                              "--set", "data.patches_per_epoch=4", "--set", "model.base_features=4",
+                              "--set", "model.depth=2", "--set", "data.val_indices=[3]"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["task"] == "membrane" and saved["data"]["target"] == "membrane" and saved["format"] == 2
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0

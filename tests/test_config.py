@@ -1,7 +1,8 @@
 """Config: TOML loading, overrides, clear errors, JSON round trip."""
 import pytest
 
-from biounet.config import RunConfig, apply_overrides, from_dict, load_config, to_dict
+from biounet.config import RunConfig, from_dict, to_dict
+from biounet.tasks import apply_overrides, load_config
 from biounet.io import InputError
 
 
@@ -32,7 +33,7 @@ def test_bad_overrides_are_clear(bad, match):
 def test_unknown_toml_key_names_section(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[train]\nepochz = 3\n")
-    with pytest.raises(InputError, match=r"unknown key 'epochz' in \[TrainConfig\]"):
+    with pytest.raises(InputError, match=r"c.toml: config: unknown key 'epochz' in \[train\]"):
         load_config(p)
 
 
@@ -46,6 +47,44 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_list_values_become_tuples_and_round_trip():
-    cfg = apply_overrides(RunConfig(), ["train.class_weights=[1, 1, 3]"])
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "train.class_weights=[1, 1, 3]"])
     assert cfg.train.class_weights == (1, 1, 3)
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override,match", [
+    ('train.epochs="5"', 'config: train.epochs = "5" must be an integer'),
+    ("train.epochs=2.5", "config: train.epochs = 2.5 must be an integer"),
+    ("post.threshold=true", "config: post.threshold = true must be a number"),
+    ("augment.elastic=1", "config: augment.elastic = 1 must be true or false"),
+    ("train.loss=focal", 'config: train.loss = "focal" is not allowed \\(allowed: bce, dice, bce_dice, ce, ce_dice\\)'),
+    ("model.padding=full", 'config: model.padding = "full" is not allowed \\(allowed: same, valid\\)'),
+    ("data.normalize=zscore", 'data.normalize = "zscore" is not allowed \\(allowed: percentile, percentile_invert'),
+    ("train.epochs=0", "config: train.epochs = 0 must be >= 1"),
+    ("post.threshold=1.5", r"config: post.threshold = 1.5 must be in \[0, 1\]"),
+    ("data.border_fraction=-1", "config: data.border_fraction = -1.0 must be >= 0"),
+    ("data.val_indices=[1, \"a\"]", r'config: data.val_indices\[1\] = "a" must be an integer'),
+    ("train.class_weights=3", "config: train.class_weights = 3 must be a list of numbers"),
+])
+def test_values_are_checked_for_type_allowed_value_and_range(override, match):
+    with pytest.raises(InputError, match=match) as err:
+        apply_overrides(RunConfig(), [override])
+    assert "\n" not in str(err.value)
+
+
+def test_numbers_are_converted_where_harmless():
+    cfg = apply_overrides(RunConfig(), ["train.lr=1", "post.threshold=0"])
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0 and cfg.post.threshold == 0.0
+
+
+def test_a_bad_toml_value_names_the_file_and_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('task = "nuclei"\n[train]\nloss = "bce"\n')
+    with pytest.raises(InputError, match=r"c.toml: config: task 'nuclei': train.loss = 'bce' does not fit"):
+        load_config(p)
+    p.write_text("[model]\nbase_features = \"wide\"\n")
+    with pytest.raises(InputError, match=r'c.toml: config: model.base_features = "wide" must be an integer'):
+        load_config(p)
+    p.write_text("model = 3\n")
+    with pytest.raises(InputError, match=r"config: \[model\] must be a table"):
+        load_config(p)

@@ -1,91 +1,12 @@
-"""Dataset helpers: normalization, channel matching, splits, modality balancing."""
+"""Dataset: splits, named items, modality balancing, and patches normalized exactly as prediction does."""
 import numpy as np
 import pytest
+import torch
 
-from biounet.config import DataConfig
-from biounet.data.dataset import Item, match_channels, modality, modality_weights, normalize, split_items
+from biounet.config import DataConfig, RunConfig
+from biounet.tasks import apply_overrides, get_task
+from biounet.data.dataset import Item, PatchDataset, items_named, modality, modality_weights, split_items
 from biounet.io import InputError
-
-
-def test_percentile_normalization_is_bit_depth_invariant():
-    img8 = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
-    img16 = img8.astype(np.uint16) * 257
-    assert np.allclose(normalize(img8, "percentile"), normalize(img16, "percentile"), atol=1e-5)
-
-
-def _disks(bright_objects: bool) -> np.ndarray:
-    """Two 'nuclei' on a background: bright on dark (fluorescence) or dark on light."""
-    yy, xx = np.mgrid[:64, :64]
-    inside = ((yy - 20) ** 2 + (xx - 20) ** 2 < 64) | ((yy - 44) ** 2 + (xx - 40) ** 2 < 81)
-    img = np.where(inside, 220, 30).astype(np.uint8)
-    return img if bright_objects else (250 - img).astype(np.uint8)
-
-
-def test_percentile_invert_makes_objects_bright_in_every_modality():
-    fluo, bf = _disks(True), _disks(False)
-    inside = fluo > 100
-    for img in (fluo, bf, np.stack([bf, bf // 2 + 60, bf], axis=-1)):  # gray, inverted, colour (H&E-like)
-        out = normalize(img, "percentile_invert").mean(axis=-1)
-        assert out[inside].mean() > 0.9 and out[~inside].mean() < 0.1
-    # a dark-background image is left as plain percentile normalization would leave it
-    assert np.allclose(normalize(fluo, "percentile_invert"), normalize(fluo, "percentile"))
-    # and a brightfield image comes out as the mirror of its fluorescence twin
-    assert np.allclose(normalize(bf, "percentile_invert"), normalize(fluo, "percentile"), atol=1e-6)
-
-
-def _he_tissue(dense: bool) -> tuple[np.ndarray, np.ndarray]:
-    """H&E-like RGB: purple nuclei on pink stroma, on a white background unless ``dense``."""
-    yy, xx = np.mgrid[:64, :64]
-    nuclei = ((yy - 20) ** 2 + (xx - 20) ** 2 < 64) | ((yy - 44) ** 2 + (xx - 40) ** 2 < 81)
-    stroma = (xx < 58) if dense else (xx > 24)  # dense: a thin white gap only
-    img = np.full((64, 64, 3), 245, np.uint8)
-    img[stroma & ~nuclei] = (235, 60, 140)  # eosin: red passes
-    img[nuclei] = (70, 40, 150)  # hematoxylin: red absorbed
-    return img, nuclei
-
-
-@pytest.mark.parametrize("dense", [False, True])
-def test_nuclei_mode_reads_stained_tissue_through_the_red_channel(dense):
-    img, nuclei = _he_tissue(dense)
-    out = match_channels(normalize(img, "nuclei"), 1)[..., 0]
-    assert out[nuclei].min() > 0.9 and out[~nuclei].max() < 0.1  # stroma as dark as background
-    # the channel mean cannot tell stroma from nuclei this well (and gets dense tissue backwards)
-    gray = match_channels(normalize(img, "percentile_invert"), 1)[..., 0]
-    assert out[nuclei].mean() - out[~nuclei].mean() > gray[nuclei].mean() - gray[~nuclei].mean() + 0.3
-    # gray and fluorescence images are read exactly as percentile_invert reads them
-    for other in (_disks(True), _disks(False), np.repeat(_disks(False)[..., None], 3, axis=-1)):
-        assert np.allclose(match_channels(normalize(other, "nuclei"), 1),
-                           match_channels(normalize(other, "percentile_invert"), 1), atol=1e-6)
-
-
-@pytest.mark.parametrize("mode", ["percentile_invert", "nuclei"])
-def test_one_channel_view_equals_normalizing_the_whole_image(mode):
-    """Per-window apply_norm + channel mean (the lazy view) gives the same pixels as one pass."""
-    from biounet.data.dataset import apply_norm, norm_params
-
-    img, _ = _he_tissue(dense=False)
-    off, scale = norm_params(img, mode)
-    whole = match_channels(apply_norm(img, off, scale), 1)
-    window = match_channels(apply_norm(img[10:30, 5:50], off, scale), 1)
-    assert np.allclose(window, whole[10:30, 5:50]) and whole.min() >= -1e-6 and whole.max() <= 1 + 1e-6
-
-
-def test_percentile_invert_agrees_with_the_lazy_view_channel_mean():
-    """The model averages colour channels after the affine map: stats must be those of the gray image."""
-    from biounet.data.dataset import apply_norm, norm_params
-
-    rgb = np.stack([_disks(False), _disks(False) // 3, _disks(False)], axis=-1)
-    off, scale = norm_params(rgb, "percentile_invert")
-    gray = match_channels(apply_norm(rgb, off, scale), 1)
-    assert np.allclose(gray, normalize(rgb.mean(axis=-1), "percentile_invert"), atol=1e-5)
-
-
-def test_match_channels():
-    gray = np.ones((4, 4, 1), np.float32)
-    assert match_channels(gray, 3).shape == (4, 4, 3)
-    assert match_channels(np.ones((4, 4, 3), np.float32), 1).shape == (4, 4, 1)
-    with pytest.raises(InputError, match="has 4 channels but the model expects 3"):
-        match_channels(np.ones((4, 4, 4), np.float32), 3)
 
 
 def test_split_is_seeded_and_explicit_indices_win():
@@ -98,8 +19,10 @@ def test_split_is_seeded_and_explicit_indices_win():
 
 
 class _Fake(Item):
+    """An item held in memory: ``extra`` is the image, or (image, labels)."""
+
     def load(self):
-        return self.extra, np.zeros((4, 4), np.int32)
+        return self.extra if isinstance(self.extra, tuple) else (self.extra, np.zeros((4, 4), np.int32))
 
 
 def test_modality_weights_balance_rare_kinds():
@@ -110,3 +33,52 @@ def test_modality_weights_balance_rare_kinds():
     items = [_Fake(str(i), "file", "", extra=dark) for i in range(8)] + [_Fake("c", "file", "", extra=colour)]
     p = modality_weights(items)
     assert p[-1] == pytest.approx(0.5) and p[:-1].sum() == pytest.approx(0.5)
+
+
+def test_items_named_keeps_order_and_names_missing_ones():
+    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(5)]
+    assert [i.name for i in items_named(items, ["3", "1"])] == ["3", "1"]
+    with pytest.raises(InputError, match="1 validation image.*'7'"):
+        items_named(items, ["1", "7"])
+
+
+@pytest.mark.parametrize("task,mode,channels", [
+    ("nuclei", "nuclei", 1),            # brightfield colour read through its red channel, one input channel
+    ("binary", "percentile", 3),        # colour kept as three channels
+    ("binary", "percentile_invert", 1),
+])
+def test_training_patch_equals_what_prediction_feeds_the_network(task, mode, channels):
+    """No augmentation: a patch is the prediction input (Segmenter.prepare) cut at the same place."""
+    from biounet.models.unet import build_model
+    from biounet.predict import Segmenter
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    img[..., 0] = np.clip(img[..., 0].astype(int) + 100, 0, 255)  # a light red background: the H&E path
+    lab = (rng.random((70, 90)) > 0.7).astype(np.int32)
+    cfg = apply_overrides(RunConfig(), [f"task={task}", f"model.in_channels={channels}", f"data.normalize={mode}",
+                                        "data.patch_size=32", "model.base_features=2", "model.depth=1"]
+                          + (["model.out_channels=3", "data.target=contour3", "train.loss=ce_dice",
+                              "post.mode=instances"] if task == "nuclei" else []))
+    ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)
+    seg = Segmenter(module=build_model(cfg.model), config=cfg, post=cfg.post)
+    fed = seg.prepare(img)  # (C, H, W): what prediction gives the network
+    assert fed.shape == (channels, 70, 90)
+    for i in range(5):
+        _, _, top, left = ds.draw(i)
+        patch = ds[i]["image"].numpy()
+        assert patch.shape == (channels, 32, 32)
+        np.testing.assert_array_equal(patch, fed[:, top : top + 32, left : left + 32])
+    # and a change to either side's normalization would show: another mode gives other pixels
+    other = Segmenter(module=seg.module, config=apply_overrides(cfg, ["data.normalize=minmax"]), post=cfg.post)
+    assert not np.allclose(other.prepare(img), fed)
+
+
+def test_patch_targets_come_from_the_task():
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:20, 5:20] = 1
+    img = (lab * 200).astype(np.uint8)
+    for task, expect in (("membrane", lab == 0), ("binary", lab != 0)):
+        cfg = apply_overrides(RunConfig(), [f"task={task}", "data.target=" + task, "data.patch_size=40"])
+        t = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["target"]
+        assert t.dtype == torch.float32 and np.array_equal(t.numpy(), expect.astype(np.float32))

@@ -114,20 +114,6 @@ def test_contour_target_does_not_outline_the_image_edge():
     np.testing.assert_array_equal(t[:, :3], 1)
 
 
-def test_dataset_target_dispatch_for_border3_and_contour3():
-    from biounet.config import DataConfig
-    from biounet.data.dataset import make_target
-
-    lab, _, _ = _two_disks(gap=0)
-    touching = make_target(lab, DataConfig(target="border3"))
-    outline = make_target(lab, DataConfig(target="contour3"))
-    assert touching.dtype == outline.dtype == np.int64
-    np.testing.assert_array_equal(touching, border_target(lab))
-    np.testing.assert_array_equal(outline, border_target(lab, contours=True))
-    # every touching-border pixel is an outline pixel too, and there are outline pixels away from the contact
-    assert ((touching == 2) <= (outline == 2)).all() and (outline == 2).sum() > (touching == 2).sum()
-
-
 def _random_disks(rng: np.random.Generator, shape=(64, 64), n=8) -> np.ndarray:
     lab = np.zeros(shape, dtype=np.int32)
     for k in range(1, n + 1):  # later disks overwrite earlier ones: touching and overlapping shapes
@@ -198,22 +184,11 @@ def test_relative_band_of_an_object_filling_the_image_is_empty():
     np.testing.assert_array_equal(border_target(lab, 2, contours=True), 1)
 
 
-def test_relative_band_rejects_negative_fraction_and_is_ignored_by_border3():
-    from biounet.config import DataConfig
-    from biounet.data.dataset import make_target
-
+def test_relative_band_rejects_negative_fraction():
     lab = np.zeros((40, 40), dtype=np.int32)
     lab[5:35, 5:35] = 1
     with pytest.raises(ValueError, match="border_fraction"):
         border_target(lab, contours=True, border_fraction=-0.1)
-    from biounet.io import InputError
-
-    with pytest.raises(InputError, match="data.border_fraction"):
-        make_target(lab, DataConfig(target="contour3", border_fraction=-1.0))
-    wide = make_target(lab, DataConfig(target="contour3", border_fraction=0.5))
-    np.testing.assert_array_equal(wide, border_target(lab, contours=True, border_fraction=0.5))
-    assert (wide == 2).sum() > (make_target(lab, DataConfig(target="contour3")) == 2).sum()
-    np.testing.assert_array_equal(make_target(lab, DataConfig(target="border3", border_fraction=0.5)), border_target(lab))
 
 
 # --- weight map --------------------------------------------------------------

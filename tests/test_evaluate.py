@@ -40,8 +40,9 @@ def test_missing_prediction_and_size_mismatch_are_named(tmp_path):
     with pytest.raises(InputError, match="no prediction for 'abc'"):
         evaluate_paths(tmp_path / "stage", tmp_path / "pred")
     tifffile.imwrite(tmp_path / "pred" / "abc.tif", np.zeros((9, 8), np.uint16))
-    with pytest.raises(InputError, match=r"abc\.tif: size \(9, 8\)"):
+    with pytest.raises(InputError, match=r"abc\.tif: size \(9, 8\)") as err:
         evaluate_paths(tmp_path / "stage", tmp_path / "pred")
+    assert str(err.value).startswith(f"{tmp_path / 'pred'}/abc.tif: size")  # the folder named once
 
 
 def test_membrane_cells_from_masks_and_probabilities():

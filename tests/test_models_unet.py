@@ -1,9 +1,10 @@
 """The U-Net's geometry and gradients."""
 import pytest
 import torch
+from torch import nn
 
 from biounet.config import ModelConfig
-from biounet.models.unet import UNet
+from biounet.models.unet import UNet, receptive_field
 
 
 def _convs(model: torch.nn.Module) -> int:
@@ -93,3 +94,22 @@ def test_wrong_channel_count_is_a_clear_error():
 def test_bad_config_rejected():
     with pytest.raises(ValueError, match="padding"):
         UNet(ModelConfig(padding="full"))
+
+
+def test_receptive_field_of_known_stacks():
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    assert receptive_field(conv, 2) == 3
+    stack = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 1, 5, padding=2)).train()
+    assert receptive_field(stack, 1) == 7
+    assert stack.training  # mode restored
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(base_features=4, depth=2, padding="valid")).eval()
+    assert 2 * net.margin + 1 <= receptive_field(net, 1) <= 2 * net.margin + 1 + 2 * 3  # pooling phase
+
+
+def test_geometry_is_the_tiling_contract():
+    net = UNet(ModelConfig(base_features=4, depth=2, padding="valid"))
+    geo = net.geometry
+    assert (geo.margin, geo.align, geo.min_input) == (net.margin, 4, net.valid_input_size(1))
+    assert geo.context == receptive_field(net, 1)
+    assert net.geometry is geo  # measured once

@@ -1,4 +1,6 @@
-"""Segmenter and file prediction: whole == tiled, lazy views, streaming big images."""
+"""Segmenter and file prediction: immutable options, whole == tiled, TTA without tiles, streaming."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tifffile
@@ -6,15 +8,15 @@ import torch
 
 import biounet
 from biounet import predict as P
-from biounet.config import PostConfig, RunConfig, apply_overrides
+from biounet.config import PostConfig, RunConfig
+from biounet.tasks import apply_overrides
 from biounet.models.unet import UNet
 
 
 def make_segmenter(**model) -> P.Segmenter:
     torch.manual_seed(0)
     cfg = apply_overrides(RunConfig(), [f"model.{k}={v}" for k, v in model.items()])
-    net = UNet(cfg.model).double().eval()
-    net.float()
+    net = UNet(cfg.model).eval()
     return P.Segmenter(module=net, config=cfg, post=PostConfig(threshold=0.5))
 
 
@@ -23,8 +25,7 @@ def test_tiled_prediction_matches_whole_image(padding):
     seg = make_segmenter(base_features=4, depth=2, padding=padding, batch_norm=False)
     img = np.random.default_rng(0).integers(0, 255, (70, 91), dtype=np.uint8)
     whole = seg.predict(img)
-    seg.tile = 48
-    tiled = seg.predict(img)
+    tiled = seg.with_options(tile=48).predict(img)
     assert tiled.shape == whole.shape == (70, 91)
     # valid tiles abut exactly; same nets blend tiles, and their zero-padded convolutions see
     # mirrored context at tile borders instead of zeros: a small, bounded difference
@@ -32,28 +33,54 @@ def test_tiled_prediction_matches_whole_image(padding):
     assert np.abs(tiled - whole).max() < tol
 
 
-def test_tta_returns_probabilities_at_the_image_size():
+def test_options_are_fixed_and_with_options_shares_the_network():
     seg = make_segmenter(base_features=4, depth=2)
-    img = np.random.default_rng(1).integers(0, 255, (40, 40), dtype=np.uint8)
-    seg.tta = True
-    probs = seg.predict(img)
-    assert probs.shape == (40, 40) and np.isfinite(probs).all() and 0 <= probs.min() <= probs.max() <= 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seg.options = P.PredictOptions(tta=True)  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seg.options.tta = True  # type: ignore[misc]
+    tta = seg.with_options(tta=True)
+    assert tta.options.tta and not seg.options.tta and tta.module is seg.module
 
 
-def test_view_normalizes_lazily_like_prepare():
-    seg = make_segmenter(in_channels=3, base_features=4, depth=2)
-    gray = np.random.default_rng(2).integers(0, 4000, (20, 30), dtype=np.uint16)
-    view = seg.view(gray)
-    assert view.shape == (3, 20, 30)
-    full = seg.prepare(gray)
-    assert np.allclose(view[:, 5:9, 10:20], full[:, 5:9, 10:20])
-    assert 0 <= np.percentile(full, 50) <= 1
+@pytest.mark.parametrize("bad,match", [({"tile": -1}, "--tile"), ({"batch_size": 0}, "--batch-size"),
+                                       ({"overlap": -2}, "--overlap"), ({"diameter": 0.0}, "--diameter")])
+def test_bad_options_are_one_line_errors(bad, match):
+    with pytest.raises(biounet.io.InputError, match=match):
+        P.PredictOptions(**bad)
 
 
-def test_wrong_channel_count_is_reported_with_the_name():
-    seg = make_segmenter(in_channels=1, base_features=4, depth=2)
-    with pytest.raises(biounet.io.InputError, match="x.tif: has 4 channels but the model expects 1"):
-        seg.view(np.zeros((8, 8, 4), np.uint8), "x.tif")
+@pytest.mark.parametrize("padding,hw", [("same", (40, 52)), ("valid", (33, 47))])
+def test_tta_runs_the_whole_image_and_equals_the_mean_of_transformed_predictions(padding, hw):
+    """TTA no longer forces tiling: it is the mean of the 8 dihedral views of the whole image."""
+    seg = make_segmenter(base_features=4, depth=2, padding=padding)
+    img = np.random.default_rng(1).integers(0, 255, hw, dtype=np.uint8)
+    tta = seg.with_options(tta=True)
+    assert not tta.uses_tiles(hw)
+    got = tta.predict(img)
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            v = np.rot90(img, k)
+            v = v[:, ::-1] if flip else v
+            p = seg.predict(np.ascontiguousarray(v))
+            p = p[:, ::-1] if flip else p
+            views.append(np.rot90(p, -k))
+    assert got.shape == hw and 0 <= got.min() <= got.max() <= 1
+    # same nets: exact; valid nets pad the far sides of each view to a valid size, so a rotated
+    # view's padding (and pooling grid) differs slightly from the rotated padded image
+    np.testing.assert_allclose(got, np.mean(views, axis=0), atol=2e-6 if padding == "same" else 2e-4)
+    assert not np.allclose(got, seg.predict(img), atol=1e-4)  # it did average something
+
+
+def test_tta_on_a_small_image_costs_no_mirror_padded_tile():
+    """A 64x64 image with TTA: 8 forward passes of 64x64, not 8 of a 512x512 tile."""
+    seg = make_segmenter(base_features=4, depth=2).with_options(tta=True)
+    sizes = []
+    hook = seg.module.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    seg.predict(np.zeros((64, 64), np.uint8))
+    hook.remove()
+    assert sizes == [(64, 64)] * 8
 
 
 def test_big_images_stream_through_memmaps(tmp_path, monkeypatch):
@@ -63,12 +90,15 @@ def test_big_images_stream_through_memmaps(tmp_path, monkeypatch):
     expected = seg.segment(img)  # whole-image path
     monkeypatch.setattr(P, "STREAM_PIXELS", 100 * 100)
     monkeypatch.setattr(P, "AUTO_TILE_PIXELS", 100 * 100)
-    seg.tile = 128
-    [out] = P.predict_file(seg, tmp_path / "big.tif", tmp_path / "o", P.OutputOptions())
+    monkeypatch.setattr(P, "OVERLAY_MAX_SIDE", 100)
+    seg = seg.with_options(tile=128)
+    out, overlay = P.predict_file(seg, tmp_path / "big.tif", tmp_path / "o", P.OutputOptions(overlays=True))
     mask = tifffile.imread(out)
     assert mask.shape == (300, 260) and mask.dtype == np.uint8
     assert (mask != expected).mean() < 1e-3  # same decisions up to blending at near-0.5 pixels
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["big.tif"]  # temp files cleaned
+    assert overlay.name == "big_overlay.png"  # streamed images get overlays too, drawn smaller
+    assert biounet.io.read_image(overlay).shape == (100, 87, 3)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["big.tif", "big_overlay.png"]  # temp files cleaned
 
 
 def test_load_model_by_name_fails_clearly():
@@ -80,12 +110,15 @@ def test_diameter_rescaling_keeps_output_size_and_needs_a_recorded_diameter():
     seg = make_segmenter(base_features=4, depth=2)
     img = np.random.default_rng(4).integers(0, 255, (50, 64), dtype=np.uint8)
     with pytest.raises(biounet.io.InputError, match="records no training object diameter"):
-        seg.with_diameter(10)
-    seg.train_diameter = 20.0
-    seg.with_diameter(10)  # objects half the training size -> image enlarged 2x
-    assert seg.scale == 2.0
-    probs = seg.predict(img)
-    assert probs.shape == (50, 64) and np.isfinite(probs).all()
+        seg.with_options(diameter=10)
+    seg = dataclasses.replace(seg, train_diameter=20.0)
+    big = seg.with_options(diameter=10)  # objects half the training size -> image enlarged 2x
+    assert big.scale == 2.0 and seg.scale == 1.0 and big.object_diameter == 10
+    sizes = []
+    hook = big.module.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    probs = big.predict(img)
+    hook.remove()
+    assert sizes == [(100, 128)] and probs.shape == (50, 64) and np.isfinite(probs).all()
 
 
 def test_median_diameter_of_discs():

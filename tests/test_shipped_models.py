@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from biounet.predict import load_model, shipped_models
+from biounet.checkpoint import shipped_models, validation_names
+from biounet.predict import load_model
 
 from .conftest import require_shared
 
@@ -37,15 +38,15 @@ def test_isbi_model_on_a_validation_slice():
 
 
 def test_nuclei_model_on_validation_images():
-    from biounet.config import apply_overrides
-    from biounet.data.dataset import items_from_config, split_items
+    from biounet.tasks import apply_overrides
+    from biounet.data.dataset import items_from_config, items_named
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
 
     seg = _require_model("dsb2018-nuclei")
     zip_path = require_shared("dsb2018", "stage1_train.zip")
     data = apply_overrides(seg.config, [f"data.images={zip_path}"]).data
-    _, val = split_items(items_from_config(data), data, seg.config.train.seed)
+    val = items_named(items_from_config(data), validation_names(shipped_models()["dsb2018-nuclei"]))
     pairs = []
     for item in val[:6]:
         img, truth = load_dsb_pair(item.extra)

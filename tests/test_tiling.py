@@ -9,17 +9,16 @@ from torch import nn
 
 from biounet.config import ModelConfig
 from biounet.models.unet import UNet
+from biounet.io import open_array
+from biounet.models.unet import receptive_field
 from biounet.tiling import (
     WINDOW_FLOOR,
     NetGeometry,
     TileConfig,
     blend_window,
-    fit_to_model,
-    label_blockwise,
+    fit_tiles,
     mirror_index,
-    open_output,
     predict_tiled,
-    receptive_field,
     tile_starts,
 )
 
@@ -144,7 +143,8 @@ def test_tta_averages_the_inverted_transforms():
 @pytest.mark.parametrize("hw", [(36, 52), (37, 53), (1, 20)])
 def test_tiled_equals_untiled_for_a_valid_unet(rng, hw):
     net = tiny_unet("valid")
-    cfg, geo = fit_to_model(net, TileConfig(tile=64, batch_size=4))
+    geo = net.geometry
+    cfg = fit_tiles(TileConfig(tile=64, batch_size=4), geo)
     assert (cfg.tile, geo.margin, geo.align) == (64, 20, 4)
     img = rng.random((1, *hw), dtype=np.float32)
     out = predict_tiled(run_net(net), img, cfg, geo)
@@ -164,7 +164,8 @@ def test_tiled_is_close_to_untiled_for_a_same_unet(rng):
     output range (cosine 1.4e-3; overlap 16: 2e-2; no overlap: 0.7); 2e-3 guards that."""
     net = tiny_unet("same")
     rf = receptive_field(net, 1)
-    cfg, geo = fit_to_model(net, TileConfig(tile=96, overlap=rf, batch_size=4))
+    geo = net.geometry
+    cfg = fit_tiles(TileConfig(tile=96, overlap=rf, batch_size=4), geo)
     img = rng.random((1, 200, 200), dtype=np.float32)
     out = predict_tiled(run_net(net), img, cfg, geo)
     with torch.no_grad():
@@ -175,22 +176,27 @@ def test_tiled_is_close_to_untiled_for_a_same_unet(rng):
     assert cfg.tile == 96 and cfg.overlap >= rf
 
 
-def test_receptive_field_of_known_stacks():
-    conv = nn.Conv2d(2, 3, 3, padding=1)
-    assert receptive_field(conv, 2) == 3
-    stack = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 1, 5, padding=2)).train()
-    assert receptive_field(stack, 1) == 7
-    assert stack.training  # mode restored
-    net = tiny_unet("valid")
-    assert 2 * net.margin + 1 <= receptive_field(net, 1) <= 2 * net.margin + 1 + 2 * 3  # pooling phase
-
-
-def test_fit_to_model_rounds_tiles_and_caps_overlap():
-    cfg, geo = fit_to_model(tiny_unet("valid"), TileConfig(tile=50))
+def test_fit_tiles_rounds_tiles_and_caps_overlap():
+    geo = tiny_unet("valid").geometry
+    cfg = fit_tiles(TileConfig(tile=50), geo)
     assert (cfg.tile, cfg.overlap, geo.margin) == (52, 0, 20)
-    assert fit_to_model(tiny_unet("valid"), TileConfig(tile=10))[0].tile == 44  # output 4 = align
-    cfg, geo = fit_to_model(tiny_unet("same"), TileConfig(tile=30))
+    assert fit_tiles(TileConfig(tile=10), geo).tile == 44  # output 4 = align
+    geo = tiny_unet("same").geometry
+    cfg = fit_tiles(TileConfig(tile=30), geo)
     assert (cfg.tile, cfg.overlap, geo.margin, geo.align) == (32, 16, 0, 4)
+    # geometry alone, no network: the overlap is the context, or left to predict_tiled when unknown
+    assert fit_tiles(TileConfig(tile=64), NetGeometry(align=8, context=20)) == TileConfig(tile=64, overlap=20)
+    assert fit_tiles(TileConfig(tile=60), NetGeometry(align=8)).overlap is None
+
+
+@pytest.mark.parametrize("depth,kernel", [(1, 3), (2, 3), (3, 3), (2, 5)])
+def test_geometry_valid_sizes_match_the_valid_network(depth, kernel):
+    net = UNet(ModelConfig(base_features=2, depth=depth, kernel_size=kernel, padding="valid"))
+    geo = net.geometry
+    for n in range(1, 300, 7):
+        assert geo.valid_size(n) == net.valid_input_size(n), n
+        assert net.output_size(geo.valid_size(n)) == geo.valid_size(n) - 2 * geo.margin
+    assert UNet(ModelConfig(base_features=2, depth=2)).geometry.valid_size(37) == 37  # same nets: any size
 
 
 def test_wrong_prediction_shape_is_a_clear_error(rng):
@@ -206,7 +212,7 @@ def test_memmap_input_and_output(rng, tmp_path):
     img = rng.random((1, 45, 70), dtype=np.float32)
     np.save(tmp_path / "in.npy", img)
     src = np.load(tmp_path / "in.npy", mmap_mode="r")
-    out = open_output((1, 45, 70), path=tmp_path / "out.npy")
+    out = open_array((1, 45, 70), path=tmp_path / "out.npy")
     assert isinstance(out, np.memmap)
     cfg = TileConfig(tile=16, overlap=4)
     predict_tiled(add_one, src, cfg, out=out)
@@ -217,65 +223,8 @@ def test_memmap_input_and_output(rng, tmp_path):
 def test_zarr_output(rng, tmp_path):
     pytest.importorskip("zarr")
     img = rng.random((1, 40, 33), dtype=np.float32)
-    out = open_output((1, 40, 33), path=tmp_path / "out.zarr")
+    out = open_array((1, 40, 33), path=tmp_path / "out.zarr")
     predict_tiled(add_one, img, TileConfig(tile=16, overlap=4), out=out)
     np.testing.assert_allclose(out[:], img + 1, rtol=0, atol=1e-6)
 
 
-# ---- block-wise labelling -----------------------------------------------------
-def split_touching(mask: np.ndarray) -> np.ndarray:
-    """Seeds from erosion; each pixel joins the nearest seed centroid of its own component.
-
-    A component without a seed (a fragment cut by the window) stays one object.
-    Ties go to the lower seed label, i.e. the seed first in raster order, so the
-    result is exactly translation-equivariant. (skimage's watershed is not: it
-    breaks ties between equal-priority pixels by flooding history, which depends
-    on the window, so a contact pixel can change owner between windows.)
-    """
-    comps, n_comps = ndi.label(mask)
-    seeds, n = ndi.label(ndi.binary_erosion(mask, iterations=2))
-    pix = np.argwhere(mask)
-    labels = np.zeros(mask.shape, np.int64)
-    labels[mask] = n + comps[mask]  # seedless components keep their own label
-    if n:
-        centres = np.array(ndi.center_of_mass(mask, seeds, range(1, n + 1)))
-        seed_comp = np.array(ndi.maximum(comps, seeds, range(1, n + 1)))
-        d2 = ((pix[:, None, :] - centres[None]) ** 2).sum(-1)
-        d2[comps[mask][:, None] != seed_comp[None]] = np.inf
-        has_seed = np.isfinite(d2).any(1)
-        labels[tuple(pix[has_seed].T)] = d2[has_seed].argmin(1) + 1
-    return labels
-
-
-def touching_discs(shape=(96, 110), r=6) -> np.ndarray:
-    yy, xx = np.indices(shape)
-    mask = np.zeros(shape, bool)
-    # pairs of touching discs straddling the block seams at 32 and 64, plus one on a corner
-    centres = [(32, 20), (32, 32), (20, 64), (32, 64), (64, 64), (64, 76), (5, 5), (90, 100), (58, 106)]
-    for cy, cx in centres:
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-    return mask
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to renumbering: a one-to-one label mapping, background to background."""
-    if ((a == 0) != (b == 0)).any():
-        return False
-    pairs = set(zip(a[a > 0].tolist(), b[b > 0].tolist()))
-    return len(pairs) == len({p for p, _ in pairs}) == len({q for _, q in pairs})
-
-
-def test_blockwise_labels_equal_whole_image_labels():
-    mask = touching_discs()
-    whole = split_touching(mask)
-    assert whole.max() == 9  # the label function separates the touching pairs
-    blocks = label_blockwise(mask, split_touching, block=32, halo=26)
-    assert blocks.max() == 9
-    assert same_partition(whole, blocks)
-
-
-def test_blockwise_labels_stream_into_a_memmap(tmp_path):
-    mask = touching_discs()
-    out = open_output(mask.shape, np.int32, tmp_path / "labels.npy")
-    label_blockwise(mask, lambda m: ndi.label(m)[0], block=40, halo=30, out=out)
-    assert same_partition(ndi.label(mask)[0], np.asarray(out))

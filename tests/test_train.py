@@ -5,14 +5,15 @@ import numpy as np
 import torch
 
 from biounet.checkpoint import read_history
-from biounet.config import RunConfig, apply_overrides
+from biounet.config import RunConfig
+from biounet.tasks import apply_overrides
 from biounet.predict import load_model
 from biounet.train import train
 
 
 def tiny_config(images, labels, **extra) -> RunConfig:
     overrides = [
-        f"data.images={images}", f"data.labels={labels}", "data.kind=stack", "data.target=membrane",
+        f"data.images={images}", f"data.labels={labels}", "data.kind=stack", "task=membrane",
         "data.val_indices=[3]", "data.patch_size=32", "data.patches_per_epoch=8",
         "model.base_features=4", "model.depth=2", "train.batch_size=4", "train.epochs=2", "train.lr=0.01",
     ] + [f"{k}={v}" for k, v in extra.items()]
@@ -63,7 +64,7 @@ def test_early_stop_stops(stack_files, tmp_path):
 
 
 def test_sgd_and_binary_target(stack_files, tmp_path):
-    cfg = tiny_config(*stack_files, **{"train.optimizer": "sgd", "train.lr": 0.01, "data.target": "binary",
+    cfg = tiny_config(*stack_files, **{"train.optimizer": "sgd", "train.lr": 0.01, "task": "binary",
                                        "data.foreground": "zero", "train.loss": "bce", "train.schedule": "step"})
     result = train(cfg, tmp_path / "run", progress=False)
     assert "tuned_dice" in result

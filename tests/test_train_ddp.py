@@ -15,8 +15,8 @@ def test_torchrun_two_processes(stack_files, tmp_path):
     vol, lab = stack_files
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        f'[model]\nbase_features = 4\ndepth = 2\n[data]\nimages = "{vol}"\nlabels = "{lab}"\n'
-        'target = "membrane"\nval_indices = [3]\npatch_size = 32\npatches_per_epoch = 8\n'
+        f'task = "membrane"\n[model]\nbase_features = 4\ndepth = 2\n[data]\nimages = "{vol}"\nlabels = "{lab}"\n'
+        'val_indices = [3]\npatch_size = 32\npatches_per_epoch = 8\n'
         "[train]\nepochs = 2\nbatch_size = 2\nthreads = 1\n"
     )
     out = subprocess.run(

@@ -1,31 +1,63 @@
-"""Run folders: a model is a folder that describes itself.
+"""Run folders: the one module that reads and writes them. A model is a folder that describes itself.
 
 Layout of a run (and of a shipped model)::
 
-    config.json        the resolved RunConfig (architecture, data, training, post-processing)
+    config.json        the resolved RunConfig plus "format" (the layout version, FORMAT)
     model.safetensors  weights of the best-by-validation epoch
     thresholds.json    post-processing thresholds tuned on validation data
-    metrics.json       validation scores of the saved weights
+    metrics.json       validation scores of the saved weights, the validation image names, object diameter
     last.pt            training state for --resume (model, optimizer, scheduler, epoch, RNG)
     history.jsonl      one JSON line per epoch
     curve.png          training curves
 
 Loading needs no flags: the config rebuilds the network, safetensors holds the
-weights (no pickle), and ``last.pt`` is read with ``weights_only=True``.
+weights (no pickle), and ``last.pt`` is read with ``weights_only=True``. Older
+folders are migrated on reading (format 1 had no ``task``); newer ones are
+refused with a message saying so.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import PostConfig, RunConfig, from_dict, to_dict
+from .tasks import build_config
 from .io import InputError, atomic_path
 
+FORMAT = 2  # 2: "task" key, no train.val_metric
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 
+CONFIG, WEIGHTS, THRESHOLDS, METRICS = "config.json", "model.safetensors", "thresholds.json", "metrics.json"
+STATE, HISTORY, CURVE = "last.pt", "history.jsonl", "curve.png"
+SHIPPED_FILES = (CONFIG, WEIGHTS, THRESHOLDS, METRICS, HISTORY, CURVE)
+
+
+# ---- finding models ---------------------------------------------------------------
+def shipped_models() -> dict[str, Path]:
+    """Name -> folder of every model shipped inside the package."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / CONFIG).is_file()}
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model folder from a shipped model's name or a folder path."""
+    path = Path(name_or_path)
+    if (path / CONFIG).is_file():
+        return path
+    models = shipped_models()
+    if str(name_or_path) in models:
+        return models[str(name_or_path)]
+    raise InputError(
+        f"{name_or_path}: not a model folder (no {CONFIG}) nor a shipped model (shipped: {', '.join(models) or 'none'})"
+    )
+
+
+# ---- JSON ---------------------------------------------------------------------------
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -36,18 +68,46 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: invalid JSON ({exc})") from None
 
 
+# ---- config ---------------------------------------------------------------------------
 def save_config(run_dir: Path, cfg: RunConfig) -> None:
-    write_json(Path(run_dir) / "config.json", to_dict(cfg))
+    write_json(Path(run_dir) / CONFIG, {"format": FORMAT, **to_dict(cfg)})
 
 
-def load_config_json(run_dir: Path) -> RunConfig:
-    return from_dict(RunConfig, read_json(Path(run_dir) / "config.json"))
+def migrate(data: dict) -> dict:
+    """A config.json dict of any readable format, brought to :data:`FORMAT`."""
+    from .tasks import legacy_task
+
+    version = data.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT:
+        raise InputError(f"model format {version} is newer than this biounet reads (up to {FORMAT}); "
+                         f"upgrade biounet to use it")
+    data = {k: v for k, v in data.items() if k != "format"}
+    if version == 1:  # no task: it was implied by data.target (or the explicit validation metric)
+        train = dict(data.get("train", {}))
+        metric = train.pop("val_metric", "auto")
+        target = data.get("data", {}).get("target", "binary")
+        by_metric = {"v_rand": "membrane", "dsb": "nuclei", "dice": "binary"}
+        data = {**data, "task": by_metric.get(metric, legacy_task(target)), "train": train}
+    return data
 
 
+def load_config(run_dir: Path) -> RunConfig:
+    """The checked RunConfig of a run or model folder (migrated from older formats)."""
+    path = Path(run_dir) / CONFIG
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    try:
+        return build_config(migrate(data))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+# ---- weights --------------------------------------------------------------------------
 def save_weights(path: Path, module: torch.nn.Module, half: bool = False) -> None:
     """Weights as safetensors; ``half`` stores parameters as fp16 (shipped models).
 
@@ -69,9 +129,13 @@ def save_weights(path: Path, module: torch.nn.Module, half: bool = False) -> Non
 
 
 def load_weights(path: Path, module: torch.nn.Module) -> None:
+    """Load a safetensors file (or a folder's ``model.safetensors``) into ``module``."""
     from safetensors.torch import load_file
 
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS
+    if not path.is_file():
         raise InputError(f"{path}: weights file not found")
     try:
         state = load_file(str(path))
@@ -82,18 +146,53 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not match config.json ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: weights do not match {CONFIG} ({str(exc).splitlines()[0]})") from None
 
 
+def load_module(run_dir: Path) -> tuple[RunConfig, torch.nn.Module]:
+    """(config, network with its weights, in eval mode) of a run or model folder."""
+    from .models.unet import build_model
+
+    cfg = load_config(run_dir)
+    module = build_model(cfg.model)
+    load_weights(Path(run_dir) / WEIGHTS, module)
+    return cfg, module.eval()
+
+
+# ---- thresholds, metrics --------------------------------------------------------------
 def save_post(run_dir: Path, post: PostConfig) -> None:
-    write_json(Path(run_dir) / "thresholds.json", dataclasses.asdict(post))
+    write_json(Path(run_dir) / THRESHOLDS, to_dict(post))
 
 
 def load_post(run_dir: Path, default: PostConfig) -> PostConfig:
-    path = Path(run_dir) / "thresholds.json"
-    return from_dict(PostConfig, read_json(path)) if path.is_file() else default
+    path = Path(run_dir) / THRESHOLDS
+    if not path.is_file():
+        return default
+    try:
+        return from_dict(PostConfig, read_json(path), "post.")
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """metrics.json of a run ({} before the first validation)."""
+    path = Path(run_dir) / METRICS
+    return read_json(path) if path.is_file() else {}
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    write_json(Path(run_dir) / METRICS, metrics)
+
+
+def validation_names(run_dir: Path) -> list[str]:
+    """Names of the images a finished run validated on (and so never trained on)."""
+    names = read_metrics(run_dir).get("val_items")
+    if not names:
+        raise InputError(f"{Path(run_dir) / METRICS}: records no validation images (run not finished?)")
+    return list(names)
+
+
+# ---- training state, history ----------------------------------------------------------
 def save_state(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -109,12 +208,31 @@ def load_state(path: Path) -> dict:
 
 
 def append_history(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / "history.jsonl", "a") as fh:
+    with open(Path(run_dir) / HISTORY, "a") as fh:
         fh.write(json.dumps(record) + "\n")
 
 
+def clear_history(run_dir: Path) -> None:
+    (Path(run_dir) / HISTORY).unlink(missing_ok=True)
+
+
 def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "history.jsonl"
+    path = Path(run_dir) / HISTORY
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- shipping -------------------------------------------------------------------------
+def ship(run_dir: Path, dest: Path) -> Path:
+    """Copy a finished run into ``dest`` as a model folder: fp16 weights, config, thresholds, metrics."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    cfg, module = load_module(run_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_weights(dest / WEIGHTS, module, half=True)
+    save_config(dest, cfg)  # in the current format, whatever the run was written with
+    for name in (THRESHOLDS, METRICS, HISTORY, CURVE):
+        if (run_dir / name).is_file():
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
+    return dest

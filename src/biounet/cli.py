@@ -45,20 +45,17 @@ def _run(fn, *args, **kwargs):
 @app.command()
 def models() -> None:
     """List the models shipped with biounet, with their validation scores."""
-    import json
-
-    from .predict import shipped_models
+    from .checkpoint import load_config, read_metrics, shipped_models
+    from .tasks import get_task
 
     found = shipped_models()
     if not found:
         typer.echo("no shipped models")
     for name, folder in found.items():
-        metrics_path = folder / "metrics.json"
-        m = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        headline = ("v_rand", "v_info", "pixel_error", "dsb", "ap50", "ap75", "dice")
-        scores = ", ".join(f"{k}={m['tuned_' + k]:.3f}" for k in headline if isinstance(m.get("tuned_" + k), float))
-        desc = json.loads((folder / "config.json").read_text()).get("data", {}).get("target", "")
-        typer.echo(f"{name:24s} {desc:9s} validation: {scores or 'n/a'}")
+        task = get_task(_run(load_config, folder))
+        m = read_metrics(folder)
+        scores = ", ".join(f"{k}={m['tuned_' + k]:.3f}" for k in task.headline if isinstance(m.get("tuned_" + k), float))
+        typer.echo(f"{name:24s} {task.name:9s} validation: {scores or 'n/a'}")
 
 
 @app.command()
@@ -79,13 +76,11 @@ def predict(
 ) -> None:
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
-    from .predict import OutputOptions, expand_inputs, load_model, predict_file
+    from .predict import OutputOptions, PredictOptions, expand_inputs, load_model, predict_file
 
-    seg = _run(load_model, model, device=device)
-    seg.tile, seg.overlap, seg.tta, seg.batch_size = tile, overlap, tta, batch_size
-    seg.progress = verbose
-    if diameter is not None:
-        _run(seg.with_diameter, diameter)
+    options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
+                   diameter=diameter, progress=verbose)
+    seg = _run(load_model, model, device=device, options=options)
     files = _run(expand_inputs, [str(p) for p in inputs])
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)
     from tqdm.auto import tqdm
@@ -100,6 +95,7 @@ def predict(
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config (see configs/); not needed with --resume."),
+    task: Optional[str] = typer.Option(None, help="Without --config: start from this task's defaults (binary, membrane, nuclei)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder for weights, config, history."),
     data: Optional[str] = typer.Option(None, help="Override data.images (stack, folder, DSB folder or zip)."),
     labels: Optional[str] = typer.Option(None, help="Override data.labels."),
@@ -111,12 +107,17 @@ def train(
 ) -> None:
     """Train a U-Net from a config file; the resolved config is saved in the run folder."""
     _setup_logging(True)
-    from .checkpoint import load_config_json
-    from .config import apply_overrides, load_config
+    from . import checkpoint
+    from .tasks import apply_overrides, build_config, load_config
 
-    if not resume and config is None:
-        _fail("give --config (or --resume to continue the run in --out)")
-    cfg = _run(load_config_json, out) if resume else _run(load_config, config)
+    if resume:
+        cfg = _run(checkpoint.load_config, out)
+    elif config is not None:
+        cfg = _run(load_config, config)
+    elif task is not None:
+        cfg = _run(build_config, {"task": task})
+    else:
+        _fail("give --config or --task (or --resume to continue the run in --out)")
     overrides = list(set_)
     if data is not None:
         overrides.append(f"data.images={data}")
@@ -178,7 +179,8 @@ def demo(
 ) -> None:
     """Run the shipped models on the sample images shipped with biounet; write masks + overlays."""
     _setup_logging(False)
-    from .predict import OutputOptions, load_model, predict_file, shipped_models
+    from .checkpoint import shipped_models
+    from .predict import OutputOptions, load_model, predict_file
 
     samples = Path(__file__).parent / "samples"
     jobs = {"isbi2012-membrane": samples / "isbi2012", "dsb2018-nuclei": samples / "dsb2018"}

@@ -1,18 +1,23 @@
 """One config tree per run: frozen dataclasses, loaded from TOML, saved resolved as JSON.
 
-Command-line overrides use dotted keys (``train.epochs=5``) applied by
-:func:`apply_overrides`; nothing is configured by subclassing.
+This module is the data and its value checks: :func:`from_dict` checks every
+key's type, allowed values and range (one line naming the key). A config names
+its task (``task = "nuclei"``), which fills in every key the file leaves out
+and checks the whole for consistency, so configs are *built* one level up, in
+:mod:`biounet.tasks` (``build_config``, ``load_config``, ``apply_overrides``),
+before any data is read. Nothing is configured by subclassing.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .io import InputError
+
+TaskName = Literal["binary", "membrane", "nuclei"]
 
 
 @dataclass(frozen=True)
@@ -25,28 +30,30 @@ class ModelConfig:
     base_features: int = 64
     kernel_size: int = 3
     pool_size: int = 2
-    padding: str = "same"  # "valid" = paper (unpadded convs, crop-and-concat)
+    padding: Literal["same", "valid"] = "same"  # "valid" = paper (unpadded convs, crop-and-concat)
     batch_norm: bool = True
     dropout: float = 0.0  # Dropout2d at the end of the contracting path, as in the paper
-    activation: str = "relu"  # relu | leaky_relu | elu | gelu
-    upsampling: str = "transpose"  # transpose | resize (bilinear + 1x1... conv)
+    activation: Literal["relu", "leaky_relu", "elu", "gelu"] = "relu"
+    upsampling: Literal["transpose", "resize"] = "transpose"  # resize = bilinear + 1x1 conv
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training data is and how patches are drawn from it."""
 
-    kind: str = "stack"  # stack (image + label TIFF stacks) | folders | dsb (folder or zip) | coco (JSON)
+    kind: Literal["stack", "folders", "dsb", "coco"] = "stack"  # stack = image + label TIFF stacks; dsb = folder or zip
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
-    target: str = "binary"  # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
+    # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
+    target: Literal["binary", "membrane", "border3", "contour3"] = "binary"
     border_fraction: float = 0.0  # contour3: outline band = max(2 px, this x each object's inscribed radius)
-    foreground: str = "nonzero"  # for binary targets: "nonzero" or "zero" (ISBI: 0 = membrane)
+    foreground: Literal["nonzero", "zero"] = "nonzero"  # binary targets: which labels are foreground
     val_fraction: float = 0.2
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction
     patch_size: int = 256
     patches_per_epoch: int = 200
-    normalize: str = "percentile"  # percentile | percentile_invert (gray, objects bright) | nuclei (same, H&E via red) | minmax | range | none
+    # see biounet.normalize: per-image percentiles, optionally as one "objects are bright" channel
+    normalize: Literal["percentile", "percentile_invert", "nuclei", "minmax", "range", "none"] = "percentile"
     weight_map: bool = False  # paper's weight map (class balance + touching-object term)
     w0: float = 10.0
     sigma: float = 5.0
@@ -69,18 +76,17 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 4
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.99  # SGD only; the paper's value
-    schedule: str = "cosine"  # cosine | step | none
-    loss: str = "bce_dice"  # bce | dice | bce_dice | ce | ce_dice
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    loss: Literal["bce", "dice", "bce_dice", "ce", "ce_dice"] = "bce_dice"
     class_weights: tuple[float, ...] = ()  # softmax heads: cross-entropy weight per class; () = all 1
     early_stop: int = 0  # validations without improvement before stopping; 0 = off
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch default
     amp: bool = True  # mixed precision, used only on CUDA
-    val_metric: str = "auto"  # auto | dice | v_rand | dsb
     val_every: int = 1  # validate every N epochs (and after the last one)
     init_weights: str = ""  # start from this model folder's weights (fine-tuning); "" = random init
 
@@ -89,7 +95,7 @@ class TrainConfig:
 class PostConfig:
     """Probabilities -> mask/labels; thresholds are tuned on validation and stored."""
 
-    mode: str = "mask"  # mask | instances
+    mode: Literal["mask", "instances"] = "mask"
     threshold: float = 0.5
     seed_threshold: float = 0.7
     min_size: int = 10
@@ -99,6 +105,7 @@ class PostConfig:
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
+    task: TaskName = "binary"  # see biounet.tasks: what the run predicts and how it is scored
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -106,57 +113,93 @@ class RunConfig:
     post: PostConfig = field(default_factory=PostConfig)
 
 
+# Inclusive numeric bounds (None = open); checked with the types in build_config.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.in_channels": (1, None), "model.out_channels": (1, None), "model.depth": (0, 10),
+    "model.base_features": (1, None), "model.kernel_size": (1, None), "model.pool_size": (2, None),
+    "model.dropout": (0, 1),
+    "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.patch_size": (1, None),
+    "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
+    "data.num_workers": (0, None),
+    "augment.elastic_sigma": (0, None), "augment.elastic_grid": (2, None),
+    "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
+    "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
+    "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),
+    "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.min_size": (0, None),
+}
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict) -> Any:
-    """Build a (nested) config dataclass, rejecting unknown keys with a clear message."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def _type_name(hint: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (int -> float, list -> tuple) or an InputError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or isinstance(value, bool):
+            raise InputError(f"config: {key} = {json.dumps(value)} is not allowed (allowed: {', '.join(allowed)})")
+        return value
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config: {key} = {json.dumps(value)} must be a list of {_type_name(item)[2:]}s")
+        return tuple(_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)
+    if not ok:
+        raise InputError(f"config: {key} = {json.dumps(value)} must be {_type_name(hint)}")
+    return float(value) if hint is float else value
+
+
+def _check_range(key: str, value: Any) -> None:
+    lo, hi = RANGES.get(key.split("[")[0], (None, None))
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bound = f">= {lo:g}" if hi is None else f"<= {hi:g}" if lo is None else f"in [{lo:g}, {hi:g}]"
+                raise InputError(f"config: {key} = {json.dumps(value)} must be {bound}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass, checking every key, type, allowed value and range."""
+    if not isinstance(data, dict):
+        raise InputError(f"config: [{prefix.rstrip('.') or 'top level'}] must be a table, got {json.dumps(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
         if key not in fields:
-            raise InputError(f"config: unknown key '{key}' in [{cls.__name__}] (known: {', '.join(fields)})")
-        ftype = fields[key].type
-        sub = _dataclass_for(ftype)
-        if sub is not None:
-            kwargs[key] = from_dict(sub, value)
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
+            raise InputError(f"config: unknown key '{key}' in {where} (known: {', '.join(sorted(fields))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_value(prefix + key, value, hint)
+            _check_range(prefix + key, kwargs[key])
     return cls(**kwargs)
 
 
-_SECTIONS = {
-    "ModelConfig": ModelConfig,
-    "DataConfig": DataConfig,
-    "AugmentConfig": AugmentConfig,
-    "TrainConfig": TrainConfig,
-    "PostConfig": PostConfig,
-}
+def merge(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``, section by section."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
-def _dataclass_for(ftype: Any) -> type | None:
-    name = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", "")
-    return _SECTIONS.get(name)
-
-
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot parse config ({exc})") from None
-    return from_dict(RunConfig, data)
-
-
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """An override's value: JSON when it parses, true/false in any case, else the text."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -166,20 +209,3 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (values parsed as JSON when possible)."""
-    data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise InputError(f"override '{item}': expected section.key=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise InputError(f"override '{item}': unknown section '{part}'")
-            node = node[part]
-        if parts[-1] not in node:
-            raise InputError(f"override '{item}': unknown key '{parts[-1]}'")
-        node[parts[-1]] = _parse_value(value)
-    return from_dict(RunConfig, data)

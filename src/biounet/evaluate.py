@@ -83,6 +83,8 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
 
     try:
         return evaluate_instances(checked())
+    except InputError:
+        raise  # already names its file
     except ValueError as exc:  # no pairs, float or negative labels: the user's files, so name them
         raise InputError(f"{pred}: {exc}") from None
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -229,3 +229,22 @@ def open_lazy(path: str | Path):
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     return arr if arr.ndim in (2, 3) else None
+
+
+def open_array(shape: tuple[int, ...], dtype: Any = np.float32, path: str | Path | None = None) -> Any:
+    """A zero-filled array to write results into: in memory, a ``.npy`` memmap, or a ``.zarr`` store.
+
+    For outputs too large for memory (the tiling engine and block-wise
+    labelling write into any of these); the chunks of a zarr store follow the
+    last two axes in 512-pixel squares. zarr is imported only when asked for.
+    """
+    if path is None:
+        return np.zeros(shape, dtype)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zarr":
+        import zarr
+
+        chunks = (*([1] * (len(shape) - 2)), *(min(512, s) for s in shape[-2:]))
+        return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))

@@ -15,25 +15,26 @@ Two kinds of network, one code path:
   grid the whole image would, and the tiled prediction equals the whole-image
   prediction up to float rounding.
 * ``same`` nets (m = 0): tiles overlap by ``overlap`` pixels (by default the
-  receptive field, see :func:`fit_to_model`) and are blended with a smooth
+  receptive field, see :func:`fit_tiles`) and are blended with a smooth
   window that never reaches zero, normalised by the summed weights. The
   window is separable and the grid is a product grid, so the weight sum is
   the outer product of two 1D sums: nothing of size (H, W) is accumulated.
 
 Borders are mirror-padded (reflect; a 1-pixel axis can only repeat itself).
-Everything here is arrays in, arrays out; :func:`open_output` is the one helper
-that creates a file, for callers who want a memmap or zarr output.
+Everything here is arrays in, arrays out: what it knows of the network is a
+:class:`NetGeometry` (``UNet.geometry``) and a function from a batch of tiles
+to a batch of outputs. Output stores on disk come from
+:func:`biounet.io.open_array`; block-wise instance labelling of huge outputs
+is :func:`biounet.postprocess.label_blockwise`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class TileConfig:
     ``tile`` is the *input* tile side; a valid net's output tile is
     ``tile - 2 * margin``. ``overlap`` is the overlap of neighbouring *output*
     tiles in pixels; ``None`` means 0 for valid nets (they need none) and,
-    for same nets, whatever :func:`fit_to_model` derives from the receptive
-    field (``tile // 4`` when no model is at hand). ``blend`` weights the
+    for same nets, whatever :func:`fit_tiles` derives from the receptive
+    field (``tile // 4`` when it is not known). ``blend`` weights the
     overlaps: ``gaussian`` (sigma = tile / 8, as nnU-Net and MONAI),
     ``cosine`` (a raised-cosine taper over the overlap, which sums to one
     across a regular seam) or ``constant`` (plain average). ``tta`` averages
@@ -80,14 +81,26 @@ class NetGeometry:
     ``margin``: pixels lost per side by a valid net (0 for same nets).
     ``align``: total down-sampling (``pool_size ** depth``); tile starts are
     multiples of it so max-pooling windows line up with the whole-image ones.
+    ``min_input``: a valid net's smallest input side; its valid inputs are
+    ``min_input + k * align`` (same nets take any size).
+    ``context``: the receptive field in pixels (0 = unknown), the default
+    overlap of a same net's tiles.
     """
 
     margin: int = 0
     align: int = 1
+    min_input: int = 1
+    context: int = 0
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or self.align < 1:
-            raise ValueError(f"invalid geometry: margin={self.margin}, align={self.align}")
+        if self.margin < 0 or self.align < 1 or self.min_input < 1 or self.context < 0:
+            raise ValueError(f"invalid geometry: {self}")
+
+    def valid_size(self, n: int) -> int:
+        """Smallest input side >= ``n`` the network accepts without padding inside."""
+        if not self.margin:
+            return max(n, 1)
+        return self.min_input + max(0, -(-(n - self.min_input) // self.align)) * self.align
 
 
 # ---- geometry helpers ------------------------------------------------------
@@ -281,8 +294,12 @@ def _undo_dihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(y, -k, (-2, -1))
 
 
-def _run(predict_fn: PredictFn, batch: torch.Tensor, tta: bool) -> np.ndarray:
-    """(B, C, T, T) -> (B, K, o, o) float32; with ``tta`` the mean over the dihedral group."""
+def predict_batch(predict_fn: PredictFn, batch: torch.Tensor, tta: bool) -> np.ndarray:
+    """(B, C, H, W) -> (B, K, h, w) float32; with ``tta`` the mean over the 8 flips/rotations.
+
+    Rotating a non-square batch swaps H and W; the network sees each view
+    whole and every output is turned back before averaging.
+    """
     if not tta:
         y = predict_fn(batch)
     else:
@@ -333,7 +350,7 @@ def predict_tiled(
             batch = tiles[b0 : b0 + len(buf)]
             for k, (i, j) in enumerate(batch):
                 read_tile(img, ay.starts[i] - m, ax.starts[j] - m, size, buf[k])
-            pred = _run(predict_fn, batch_t[: len(batch)], cfg.tta)
+            pred = predict_batch(predict_fn, batch_t[: len(batch)], cfg.tta)
             out = _check_output(pred, len(batch), out_tile, out, (height, width))
             for k, (i, j) in enumerate(batch):
                 _write(out, pred[k], ay, ax, i, j)
@@ -345,7 +362,7 @@ def _check_output(pred: np.ndarray, n: int, out_tile: int, out: Any | None, hw: 
     if pred.ndim != 4 or pred.shape[0] != n or pred.shape[-2:] != (out_tile, out_tile):
         raise ValueError(
             f"predict_fn returned shape {pred.shape}, expected ({n}, K, {out_tile}, {out_tile}); "
-            "for a valid net the tile must be a valid input size and the margin must match (see fit_to_model)"
+            "for a valid net the tile must be a valid input size and the margin must match (see fit_tiles)"
         )
     shape = (pred.shape[1], *hw)
     if out is None:
@@ -355,167 +372,27 @@ def _check_output(pred: np.ndarray, n: int, out_tile: int, out: Any | None, hw: 
     return out
 
 
-# ---- network-aware helpers ---------------------------------------------------
-def receptive_field(module: nn.Module, in_channels: int, size: int = 64, max_size: int = 1024) -> int:
-    """Receptive field side (pixels) of a 2D network, measured empirically.
-
-    The gradient of the centre output pixel w.r.t. a random input (eval mode,
-    4 random inputs, support unioned) has the receptive field as its support.
-    The input grows until the support no longer touches its border. Max
-    pooling passes gradient only to each window's maximum, so the result may
-    fall short of the theoretical field by a pixel or two; it is meant for
-    choosing overlaps, not for geometry (use ``margin`` for that).
-    The module's train/eval mode is restored afterwards.
-    """
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
-    valid_size = getattr(module, "valid_input_size", lambda n: n)
-    gen = torch.Generator().manual_seed(0)
-    was_training = module.training
-    module.eval()
-    try:
-        n = size
-        while True:
-            n_in = valid_size(n)
-            x = torch.randn(4, in_channels, n_in, n_in, generator=gen).to(device, dtype).requires_grad_(True)
-            with torch.enable_grad():
-                y = module(x)
-                centre = y[:, :, y.shape[-2] // 2, y.shape[-1] // 2].sum()
-                (grad,) = torch.autograd.grad(centre, x)
-            support = grad.abs().sum((0, 1)) > 0
-            rows = torch.nonzero(support.any(1)).flatten()
-            cols = torch.nonzero(support.any(0)).flatten()
-            touches = bool(rows[0] == 0 or cols[0] == 0 or rows[-1] == n_in - 1 or cols[-1] == n_in - 1)
-            if not touches or n_in >= max_size:
-                if touches:
-                    log.warning("receptive field reaches the %d-pixel probe's border; it is at least that", n_in)
-                return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
-            n = 2 * n_in
-    finally:
-        module.train(was_training)
-
-
-def geometry_of(module: nn.Module) -> NetGeometry:
-    """Margin and alignment of a :class:`~biounet.models.unet.UNet` (or any module with ``margin``/``cfg``)."""
-    cfg = getattr(module, "cfg", None)
-    align = cfg.pool_size**cfg.depth if cfg is not None and hasattr(cfg, "depth") else 1
-    return NetGeometry(margin=int(getattr(module, "margin", 0)), align=align)
-
-
-def fit_to_model(
-    module: nn.Module, cfg: TileConfig, in_channels: int | None = None
-) -> tuple[TileConfig, NetGeometry]:
+def fit_tiles(cfg: TileConfig, geometry: NetGeometry) -> TileConfig:
     """Resolve ``cfg`` for a network: a valid, aligned tile and a concrete overlap.
 
     Valid nets: the tile grows to the next valid input size whose output is
     at least ``align`` (so the grid can step), overlap defaults to 0. Same
     nets: the tile grows to a multiple of ``align`` (no internal padding)
-    and the overlap defaults to the measured receptive field, so
+    and the overlap defaults to the receptive field (``geometry.context``), so
     every pixel lies outside the border-affected zone of at least one tile;
     it is capped at half the tile (a warning says to use bigger tiles).
-    Measure once per model and reuse the result for every image.
     """
-    geo = geometry_of(module)
+    geo = geometry
     if geo.margin:
-        tile = module.valid_input_size(cfg.tile)
-        while module.output_size(tile) < geo.align:  # an aligned step needs an output tile >= align
-            tile = module.valid_input_size(tile + 1)
-        return replace(cfg, tile=tile, overlap=cfg.overlap if cfg.overlap is not None else 0), geo
+        tile = geo.valid_size(cfg.tile)
+        while tile - 2 * geo.margin < geo.align:  # an aligned step needs an output tile >= align
+            tile = geo.valid_size(tile + 1)
+        return replace(cfg, tile=tile, overlap=cfg.overlap if cfg.overlap is not None else 0)
     tile = -(-cfg.tile // geo.align) * geo.align
     overlap = cfg.overlap
-    if overlap is None:
-        if in_channels is None:
-            in_channels = module.cfg.in_channels
-        overlap = receptive_field(module, in_channels)
+    if overlap is None and geo.context:
+        overlap = geo.context
         if overlap > tile // 2:
             log.warning("receptive field %d exceeds half the tile %d; overlap capped, use bigger tiles", overlap, tile)
             overlap = tile // 2
-    return replace(cfg, tile=tile, overlap=overlap), geo
-
-
-# ---- block-wise instance labelling -------------------------------------------
-def _anchored(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
-    """Per label: is the floor of its centroid inside ``core`` (y0, y1, x0, x1)?"""
-    flat = labels.ravel()
-    n = int(flat.max()) + 1 if flat.size else 1
-    yy, xx = np.indices(labels.shape)
-    count = np.bincount(flat, minlength=n)
-    sy = np.bincount(flat, weights=yy.ravel(), minlength=n)  # exact: integer sums < 2**53
-    sx = np.bincount(flat, weights=xx.ravel(), minlength=n)
-    safe = np.maximum(count, 1)
-    cy = sy.astype(np.int64) // safe
-    cx = sx.astype(np.int64) // safe
-    y0, y1, x0, x1 = core
-    keep = (count > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-    keep[0] = False
-    return keep
-
-
-def label_blockwise(
-    image: Any,
-    label_fn: Callable[[np.ndarray], np.ndarray],
-    block: int,
-    halo: int,
-    out: Any | None = None,
-    progress: bool = False,
-) -> Any:
-    """Instance labels of a large (..., H, W) image computed block by block.
-
-    Each ``block`` x ``block`` core is labelled with ``halo`` pixels of context
-    on every side (clipped at the image border, where the whole-image labelling
-    sees the border too). An object is kept by the one block whose core holds
-    the floor of its centroid, and pasted whole, halo part included, onto
-    still-unlabelled pixels of ``out``. Cores partition the image, so no object
-    is duplicated, and none is cut as long as every object plus the context
-    ``label_fn`` needs to label it the same way (for a seeded watershed: its
-    touching neighbours) fits within ``halo`` of its centroid; then the result
-    equals ``label_fn`` on the whole image up to a renumbering. ``label_fn``
-    maps a (..., h, w) window to (h, w) integer labels, 0 = background.
-    ``out`` is an (H, W) integer array that must start at zero (np.zeros, a
-    fresh memmap, zarr with fill_value 0); int32 in memory when omitted.
-    Labels are numbered 1.. in block raster order. Returns ``out``.
-    """
-    if block < 1 or halo < 0:
-        raise ValueError(f"block must be >= 1 and halo >= 0, got {block} and {halo}")
-    height, width = image.shape[-2:]
-    if out is None:
-        out = np.zeros((height, width), np.int32)
-    next_id = 1
-    corners = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
-    for y, x in tqdm(corners, unit="block", disable=not progress, leave=False):
-        wy0, wx0 = max(0, y - halo), max(0, x - halo)
-        wy1, wx1 = min(height, y + block + halo), min(width, x + block + halo)
-        labels = np.asarray(label_fn(np.asarray(image[..., wy0:wy1, wx0:wx1])))
-        if labels.shape != (wy1 - wy0, wx1 - wx0):
-            raise ValueError(f"label_fn returned shape {labels.shape} for a {(wy1 - wy0, wx1 - wx0)} window")
-        core = (y - wy0, min(y + block, height) - wy0, x - wx0, min(x + block, width) - wx0)
-        keep = np.flatnonzero(_anchored(labels.astype(np.int64, copy=False), core))
-        if not len(keep):
-            continue
-        lut = np.zeros(int(labels.max()) + 1, np.int64)
-        lut[keep] = np.arange(next_id, next_id + len(keep))
-        next_id += len(keep)
-        pasted = lut[labels]
-        region = np.asarray(out[wy0:wy1, wx0:wx1])
-        out[wy0:wy1, wx0:wx1] = np.where((pasted > 0) & (region == 0), pasted, region)
-    return out
-
-
-# ---- outputs ------------------------------------------------------------------
-def open_output(shape: tuple[int, ...], dtype: Any = np.float32, path: str | Path | None = None) -> Any:
-    """A zero-filled output array: in memory, a ``.npy`` memmap, or a ``.zarr`` store.
-
-    For outputs too large for memory; the chunks of a zarr store follow the
-    last two axes in 512-pixel squares. zarr is imported only when asked for.
-    """
-    if path is None:
-        return np.zeros(shape, dtype)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".zarr":
-        import zarr
-
-        chunks = (*([1] * (len(shape) - 2)), *(min(512, s) for s in shape[-2:]))
-        return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    return replace(cfg, tile=tile, overlap=overlap)

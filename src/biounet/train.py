@@ -1,11 +1,14 @@
 """The training loop, readable top to bottom (after nanoGPT).
 
-``train(cfg, run_dir)`` builds everything from one :class:`RunConfig`, writes
-that config resolved into the run folder, and per epoch: trains on random
-augmented patches, predicts the whole validation images, scores them with the
-task's own metric (V-Rand for membranes, DSB score for nuclei, Dice otherwise),
-keeps the best weights, and saves a resumable state. Under ``torchrun`` it runs
-data-parallel (DDP); validation and checkpoints happen on rank 0 only.
+``train(cfg, run_dir)`` builds a :class:`Run` from one :class:`RunConfig`
+(:func:`setup`), writes that config resolved into the run folder, and per
+epoch: trains on random augmented patches (:func:`train_epoch`), predicts the
+whole validation images and scores them with the task's metric
+(:func:`validate`), keeps the best weights and saves a resumable state
+(:func:`save_state`). :func:`finish` tunes post-processing on the validation
+images at the end. Under ``torchrun`` it runs data-parallel (DDP); validation
+and checkpoints happen on rank 0 only. What is scored and how is the task's
+business (:mod:`biounet.tasks`); the loop never asks what kind of run it is.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +29,14 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .config import PostConfig, RunConfig
 from .data.dataset import Item, PatchDataset, items_from_config, split_items
-from .io import InputError
-from .losses import get_loss
+from .losses import LossFn, get_loss
 from .models.unet import build_model
 from .predict import Segmenter
+from .tasks import Task, get_task
 
 log = logging.getLogger(__name__)
+
+Prediction = tuple[str, np.ndarray, np.ndarray]  # (name, probabilities (K, H, W), raw labels (H, W))
 
 
 # ---- set-up -------------------------------------------------------------------
@@ -43,9 +50,7 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    raise InputError(f"train.optimizer must be adam|sgd, got {t.optimizer!r}")
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
@@ -54,19 +59,11 @@ def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs), eta_min=t.lr * 0.02)
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.epochs // 3), gamma=0.1)
-    if t.schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise InputError(f"train.schedule must be cosine|step|none, got {t.schedule!r}")
-
-
-def val_metric_name(cfg: RunConfig) -> str:
-    if cfg.train.val_metric != "auto":
-        return cfg.train.val_metric
-    return {"membrane": "v_rand", "border3": "dsb", "contour3": "dsb"}.get(cfg.data.target, "dice")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
 # ---- validation ---------------------------------------------------------------
-def predict_items(seg: Segmenter, items: list[Item]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def predict_items(seg: Segmenter, items: list[Item]) -> list[Prediction]:
     """(name, probabilities (K, H, W), raw labels) for each validation image."""
     out = []
     for item in items:
@@ -75,65 +72,250 @@ def predict_items(seg: Segmenter, items: list[Item]) -> list[tuple[str, np.ndarr
     return out
 
 
-def score_predictions(preds, cfg: RunConfig, post: PostConfig) -> dict[str, float]:
-    """The task's validation scores for given post-processing thresholds."""
-    metric = val_metric_name(cfg)
-    if metric == "v_rand":
-        from .metrics.em import evaluate_membranes
-
-        truth = np.stack([lab != 0 for _, _, lab in preds])
-        pred_cells = np.stack([p[0] < post.threshold for _, p, _ in preds])
-        return evaluate_membranes(truth, pred_cells)
-    if metric == "dsb":
-        from .metrics.instance import evaluate_instances
-        from .postprocess import segment
-
-        inst = dataclasses.replace(post, mode="instances")
-        summary, _ = evaluate_instances((n, lab, segment(p, inst)) for n, p, lab in preds)
-        return {"dsb": summary["dsb_score"], "ap50": summary["ap50"], "ap75": summary["ap75"]}
-    from .metrics.semantic import dice, iou
-
-    fg = [(lab != 0) if cfg.data.foreground == "nonzero" else (lab == 0) for _, _, lab in preds]
-    pm = [(p[0] if p.shape[0] == 1 else 1 - p[0]) > post.threshold for _, p, _ in preds]
-    return {"dice": float(np.mean([dice(t, q) for t, q in zip(fg, pm)])),
-            "iou": float(np.mean([iou(t, q) for t, q in zip(fg, pm)]))}
+def score_predictions(task: Task, preds: list[Prediction], post: PostConfig) -> dict[str, float]:
+    """The task's validation scores of ``preds`` post-processed with ``post``."""
+    return task.scores([lab for _, _, lab in preds], [task.segment(p, post) for _, p, _ in preds])
 
 
-def _image_score(cfg: RunConfig):
-    """Per-image score of post-processed output, for threshold tuning."""
-    metric = val_metric_name(cfg)
-    if metric == "v_rand":
-        from .metrics.em import evaluate_membranes
+def tune_post(task: Task, preds: list[Prediction], base: PostConfig) -> tuple[PostConfig, dict[str, float]]:
+    """Grid-search the task's post-processing thresholds on validation predictions."""
+    from .postprocess import tune_thresholds
 
-        return lambda lab, mask: evaluate_membranes(lab != 0, mask == 0)["v_rand"]
-    if metric == "dsb":
-        from .metrics.instance import dsb_score
-
-        return dsb_score
-    from .metrics.semantic import dice
-
-    zero_fg = cfg.data.foreground == "zero"
-    return lambda lab, mask: dice((lab == 0) if zero_fg else (lab != 0), mask > 0)
+    best, _ = tune_thresholds([p for _, p, _ in preds], [lab for _, _, lab in preds], task.segment,
+                              task.image_score, task.grid, base)
+    return best, score_predictions(task, preds, best)
 
 
-def tune_post(preds, cfg: RunConfig) -> tuple[PostConfig, dict[str, float]]:
-    """Grid-search post-processing thresholds on validation predictions."""
-    from .postprocess import segment, tune_thresholds
+# ---- one run --------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything one training run holds; built by :func:`setup`, advanced by the loop."""
 
-    grid: dict[str, list] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
-    base = cfg.post
-    if val_metric_name(cfg) == "dsb":
-        # min_size up to 40 px: fragments of 20-40 px cost more (false positives) than the few
-        # nuclei that small that they drop (the median nucleus is ~17 px across, ~230 px in area)
-        grid = {"threshold": [0.3, 0.4, 0.5, 0.6], "seed_threshold": [0.5, 0.6, 0.7, 0.8, 0.9],
-                "min_size": [10, 20, 30, 40]}
-        base = dataclasses.replace(cfg.post, mode="instances")
-    best, _ = tune_thresholds([p for _, p, _ in preds], [lab for _, _, lab in preds], segment,
-                              _image_score(cfg), grid, base)
-    return best, score_predictions(preds, cfg, best)
+    cfg: RunConfig
+    task: Task
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    loss_fn: LossFn
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    dataset: PatchDataset
+    loader: DataLoader
+    val_items: list[Item]
+    segmenter: Segmenter  # predicts validation images with the live weights
+    writer: Any = None  # TensorBoard, when installed
+    start_epoch: int = 0
+    best: float = -math.inf
+    stale: int = 0  # validations since the best one
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cfg.train.amp and self.device.type == "cuda"
+
+
+def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
+    """Data, model, optimiser and loader for ``cfg``; restores ``last.pt`` when resuming."""
+    run_dir = Path(run_dir)
+    rank, world = _ddp()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = _device(rank)
+    seed_everything(cfg.train.seed + rank)
+    task = get_task(cfg)
+
+    train_items, val_items = split_items(items_from_config(cfg.data), cfg.data, cfg.train.seed)
+    model = build_model(cfg.model)
+    if cfg.train.init_weights and not resume:
+        checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)
+    model = model.to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    dataset = PatchDataset(train_items, task)
+    run = Run(
+        cfg=cfg, task=task, run_dir=run_dir, rank=rank, world=world, device=device, model=model,
+        net=torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
+        loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
+        opt=opt, sched=make_scheduler(cfg, opt),
+        scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
+        dataset=dataset,
+        loader=DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
+                          num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0),
+        val_items=val_items, segmenter=Segmenter(module=model, config=cfg, post=cfg.post),
+    )
+    if resume:
+        restore_state(run, checkpoint.load_state(run_dir / checkpoint.STATE))
+    elif run.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clear_history(run_dir)
+    if run.main:
+        checkpoint.save_config(run_dir, cfg)
+        run.writer = _tensorboard(run_dir)
+        log.info("train %d images, validate %d (%s); %d parameters", len(train_items), len(val_items),
+                 task.metric, sum(p.numel() for p in model.parameters()))
+    return run
 
 
 # ---- the loop -------------------------------------------------------------------
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train per ``cfg`` into ``run_dir``; returns the best validation scores (rank 0)."""
+    run = setup(cfg, run_dir, resume)
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        record = train_epoch(run, epoch, progress)
+        last = epoch + 1 == cfg.train.epochs
+        if run.main and run.val_items and ((epoch + 1) % cfg.train.val_every == 0 or last):
+            t0 = time.perf_counter()
+            scores = validate(run)
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            keep_if_best(run, epoch, scores)
+            record["val_time"] = round(time.perf_counter() - t0, 2)
+        elif run.main and not run.val_items:
+            checkpoint.save_weights(run.run_dir / checkpoint.WEIGHTS, run.model)
+        if run.main:
+            log_epoch(run, record)
+            save_state(run, epoch)
+        if should_stop(run):
+            log.info("early stop: no improvement of %s for %d validations", run.task.metric, run.stale)
+            break
+    result = finish(run.run_dir, cfg, run.val_items) if run.main else {}
+    if run.world > 1:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
+    """One pass over ``patches_per_epoch`` random patches; returns the epoch's history record."""
+    t0 = time.perf_counter()
+    run.dataset.epoch_seed = run.cfg.train.seed * 100_003 + epoch * run.world + run.rank
+    run.net.train()
+    losses = []
+    bar = _progress(run.loader, f"epoch {epoch + 1}/{run.cfg.train.epochs}", progress and run.main)
+    for batch in bar:
+        losses.append(train_step(run, batch))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    run.sched.step()
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": run.opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
+    """Forward, loss, backward, optimiser step on one batch; returns the loss."""
+    x = batch["image"].to(run.device, non_blocking=True)
+    y = batch["target"].to(run.device, non_blocking=True)
+    w = batch["weight"].to(run.device) if "weight" in batch else None
+    with torch.autocast(run.device.type, enabled=run.use_amp):
+        logits = run.net(x)
+    y = _crop_to(y, logits)
+    w = _crop_to(w, logits) if w is not None else None
+    loss = run.loss_fn(logits.float(), y, w)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    return loss.item()
+
+
+def validate(run: Run) -> dict[str, float]:
+    """The task's scores on the validation images with the live weights.
+
+    Tasks whose scores swing with the threshold from epoch to epoch (membranes)
+    are scored at their best threshold (``tune_each_validation``); instance
+    tuning is too slow for every validation and waits for :func:`finish`.
+    """
+    preds = predict_items(run.segmenter, run.val_items)
+    if run.task.tune_each_validation:
+        return tune_post(run.task, preds, run.cfg.post)[1]
+    return score_predictions(run.task, preds, run.cfg.post)
+
+
+def keep_if_best(run: Run, epoch: int, scores: dict[str, float]) -> None:
+    """Save the weights and their scores when the task's metric improved."""
+    if scores[run.task.metric] > run.best:
+        run.best, run.stale = scores[run.task.metric], 0
+        checkpoint.save_weights(run.run_dir / checkpoint.WEIGHTS, run.model)
+        checkpoint.write_metrics(run.run_dir, {"epoch": epoch + 1, **scores})
+    else:
+        run.stale += 1
+
+
+def should_stop(run: Run) -> bool:
+    """Early stopping: rank 0 decides, every rank leaves the loop together."""
+    stop = bool(run.cfg.train.early_stop and run.stale >= run.cfg.train.early_stop)
+    if run.world > 1:
+        flag = torch.tensor([int(stop)], device=run.device)
+        torch.distributed.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
+
+
+def log_epoch(run: Run, record: dict) -> None:
+    """history.jsonl, the log line, TensorBoard and curve.png."""
+    checkpoint.append_history(run.run_dir, record)
+    log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    if run.writer is not None:
+        for k, v in record.items():
+            if k != "epoch":
+                run.writer.add_scalar(k, v, record["epoch"])
+    plot_history(run.run_dir)
+
+
+# ---- resumable state --------------------------------------------------------------
+def save_state(run: Run, epoch: int) -> None:
+    checkpoint.save_state(run.run_dir / checkpoint.STATE, {
+        "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        "epoch": epoch, "best": run.best, "stale": run.stale, "torch_rng": torch.get_rng_state(),
+        "numpy_rng": _numpy_state_to(), "python_rng": list(random.getstate()),
+    })
+
+
+def restore_state(run: Run, state: dict) -> None:
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.start_epoch, run.best, run.stale = state["epoch"] + 1, state["best"], state["stale"]
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(_numpy_state_from(state["numpy_rng"]))
+    random.setstate(_to_tuple(state["python_rng"]))
+
+
+# ---- after training -----------------------------------------------------------------
+def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item]) -> dict:
+    """Reload the best weights, tune post-processing on validation, save thresholds + metrics."""
+    from .predict import load_model
+
+    seg = load_model(run_dir)
+    if not val_items:
+        checkpoint.save_post(run_dir, cfg.post)
+        return {}
+    task = get_task(cfg)
+    preds = predict_items(seg, val_items)
+    post, scores = tune_post(task, preds, cfg.post)
+    checkpoint.save_post(run_dir, post)
+    metrics = checkpoint.read_metrics(run_dir)
+    metrics.update({"tuned_" + k: v for k, v in scores.items()})
+    metrics["post"] = dataclasses.asdict(post)
+    if task.instances:
+        metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
+    metrics["val_items"] = [it.name for it in val_items]
+    checkpoint.write_metrics(run_dir, metrics)
+    return metrics
+
+
+def median_diameter(label_images: list[np.ndarray]) -> float:
+    """Median equivalent diameter (px) of all objects: the scale the model learned."""
+    areas = np.concatenate([np.bincount(lab.ravel().astype(np.int64))[1:] for lab in label_images])
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
+
+
+# ---- helpers ----------------------------------------------------------------------------
 def _ddp() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -149,155 +331,6 @@ def _device(rank: int) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train per ``cfg`` into ``run_dir``; returns the best validation scores."""
-    run_dir = Path(run_dir)
-    rank, world = _ddp()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = _device(rank)
-    seed_everything(cfg.train.seed + rank)
-
-    items = items_from_config(cfg.data)
-    train_items, val_items = split_items(items, cfg.data, cfg.train.seed)
-    model = build_model(cfg.model)
-    if cfg.train.init_weights and not resume:
-        from .predict import resolve_model
-
-        checkpoint.load_weights(resolve_model(cfg.train.init_weights) / "model.safetensors", model)
-    model = model.to(device)
-    loss_fn = get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights)
-    opt = make_optimizer(cfg, model.parameters())
-    sched = make_scheduler(cfg, opt)
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    dataset = PatchDataset(train_items, cfg.data, cfg.augment, cfg.model.in_channels)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
-                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
-    metric = val_metric_name(cfg)
-    start_epoch, best, stale = 0, -math.inf, 0
-    if resume:
-        state = checkpoint.load_state(run_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(_numpy_state_from(state["numpy_rng"]))
-        random.setstate(_to_tuple(state["python_rng"]))
-    elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale_file in ("history.jsonl",):
-            (run_dir / stale_file).unlink(missing_ok=True)
-    if rank == 0:
-        checkpoint.save_config(run_dir, cfg)
-        log.info("train %d images, validate %d (%s); %d parameters", len(train_items), len(val_items),
-                 metric, sum(p.numel() for p in model.parameters()))
-    writer = _tensorboard(run_dir) if rank == 0 else None
-    segmenter = Segmenter(module=model, config=cfg, post=cfg.post)
-
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.perf_counter()
-        dataset.epoch_seed = cfg.train.seed * 100_003 + epoch * world + rank
-        net.train()
-        losses = []
-        bar = _progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}", progress and rank == 0)
-        for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["target"].to(device, non_blocking=True)
-            w = batch["weight"].to(device) if "weight" in batch else None
-            with torch.autocast(device.type, enabled=use_amp):
-                logits = net(x)
-            y = _crop_to(y, logits)
-            w = _crop_to(w, logits) if w is not None else None
-            loss = loss_fn(logits.float(), y, w)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        sched.step()
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        validate = (epoch + 1) % max(1, cfg.train.val_every) == 0 or epoch + 1 == cfg.train.epochs
-        if rank == 0 and val_items and validate:
-            preds = predict_items(segmenter, val_items)
-            # Membrane/semantic scores swing with the threshold from epoch to epoch: pick epochs
-            # by their score at their best threshold (cheap here); instance tuning waits for the end.
-            scores = tune_post(preds, cfg)[1] if metric != "dsb" else score_predictions(preds, cfg, cfg.post)
-            record.update({f"val_{k}": v for k, v in scores.items()})
-            improved = scores[metric] > best
-            if improved:
-                best, stale = scores[metric], 0
-                checkpoint.save_weights(run_dir / "model.safetensors", model)
-                checkpoint.write_json(run_dir / "metrics.json", {"epoch": epoch + 1, **scores})
-            else:
-                stale += 1
-        elif rank == 0 and not val_items:
-            checkpoint.save_weights(run_dir / "model.safetensors", model)
-        if rank == 0:
-            record["val_time"] = round(max(0.0, time.perf_counter() - t0 - record["seconds"]), 2)
-            checkpoint.append_history(run_dir, record)
-            log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if writer is not None:
-                for k, v in record.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-            checkpoint.save_state(run_dir / "last.pt", {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "best": best, "stale": stale, "torch_rng": torch.get_rng_state(),
-                "numpy_rng": _numpy_state_to(), "python_rng": list(random.getstate()),
-            })
-            plot_history(run_dir)
-        stop = bool(cfg.train.early_stop and stale >= cfg.train.early_stop)
-        if world > 1:  # rank 0 decides; every rank must leave the loop together
-            flag = torch.tensor([int(stop)], device=device)
-            torch.distributed.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        if stop:
-            log.info("early stop: no improvement of %s for %d validations", metric, stale)
-            break
-
-    result: dict = {}
-    if rank == 0:
-        result = finish(run_dir, cfg, val_items)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return result
-
-
-def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item]) -> dict:
-    """Reload the best weights, tune post-processing on validation, save thresholds + metrics."""
-    from .predict import load_model
-
-    seg = load_model(run_dir)
-    if not val_items:
-        checkpoint.save_post(run_dir, cfg.post)
-        return {}
-    preds = predict_items(seg, val_items)
-    post, scores = tune_post(preds, cfg)
-    checkpoint.save_post(run_dir, post)
-    metrics = checkpoint.read_json(run_dir / "metrics.json")
-    metrics.update({"tuned_" + k: v for k, v in scores.items()})
-    metrics["post"] = dataclasses.asdict(post)
-    if val_metric_name(cfg) == "dsb":
-        metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
-    metrics["val_items"] = [it.name for it in val_items]
-    checkpoint.write_json(run_dir / "metrics.json", metrics)
-    return metrics
-
-
-def median_diameter(label_images: list[np.ndarray]) -> float:
-    """Median equivalent diameter (px) of all objects: the scale the model learned."""
-    areas = np.concatenate([np.bincount(lab.ravel().astype(np.int64))[1:] for lab in label_images])
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
 
 
 def _crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -364,6 +397,6 @@ def plot_history(run_dir: Path) -> None:
     fig.tight_layout()
     from .io import atomic_path
 
-    with atomic_path(run_dir / "curve.png") as tmp:
+    with atomic_path(run_dir / checkpoint.CURVE) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)

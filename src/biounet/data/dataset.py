@@ -1,6 +1,8 @@
 """Training data: pair images with labels, normalize, sample augmented patches.
 
-Sources are lists of :class:`Item` objects that know how to load one image and
+Normalisation lives in :mod:`biounet.normalize` (prediction uses the same
+functions) and the training target comes from the run's task
+(:mod:`biounet.tasks`). Sources are lists of :class:`Item` objects that know how to load one image and
 its labels on demand, so DataLoader workers read lazily and data sets larger
 than memory train. Three sources exist: TIFF stacks (ISBI 2012), image/mask
 folders, and the Kaggle DSB 2018 layout (folder or zip).
@@ -9,104 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import AugmentConfig, DataConfig
+from ..config import DataConfig, RunConfig
 from ..io import InputError, list_images, read_image, read_stack
-
-
-# ---- normalization ---------------------------------------------------------
-def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray]:
-    """(offset, scale) so that ``(image - offset) * scale`` is the normalized image.
-
-    ``percentile`` maps the 1st..99.8th percentile of each image to 0..1, which
-    makes 8-bit, 16-bit, dim and bright acquisitions look alike to the network;
-    the same function runs at training and at prediction so they always agree.
-    Percentiles of big images are estimated on a strided subsample, so a
-    memory-mapped whole-slide image is never read whole.
-    """
-    if mode == "none":
-        return 0.0, 1.0
-    if mode == "range":
-        dtype = np.dtype(image.dtype)
-        return 0.0, 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 4_000_000)))
-    sample = np.asarray(image[::step, ::step], dtype=np.float32)
-    if mode == "percentile":
-        lo, hi = np.percentile(sample, (1.0, 99.8))
-    elif mode == "minmax":
-        lo, hi = float(sample.min()), float(sample.max())
-    elif mode in ("percentile_invert", "nuclei"):
-        return _bright_objects(sample, red_for_colour=mode == "nuclei")
-    else:
-        raise ValueError(f"data.normalize must be percentile|percentile_invert|nuclei|minmax|range|none, got {mode!r}")
-    return float(lo), 1.0 / max(float(hi - lo), 1e-6)
-
-
-def _bright_objects(sample: np.ndarray, red_for_colour: bool) -> tuple[float, float | np.ndarray]:
-    """Percentile (offset, scale) of a 1-channel "nuclei are bright" view of the image.
-
-    Brightfield and H&E show nuclei dark on a light background, fluorescence
-    bright on a dark one. Inverting the first kind (a negative scale) makes every
-    modality look like fluorescence to a 1-channel net, so the rare modalities
-    borrow what it learned on the common one. The background is taken to be
-    bright when the median gray pixel lies in the upper half of the 1st..99.8th
-    percentile range (nuclei cover well under half of these images).
-
-    ``red_for_colour`` (``normalize = "nuclei"``, for stained tissue): a
-    light-background colour image is read through its red channel alone:
-    hematoxylin (nuclei) absorbs red strongly and eosin (cytoplasm, stroma)
-    hardly at all, whereas in the channel mean pink stroma is as dark as a
-    nucleus; dense tissue is recognised the same way, by a bright red-channel
-    median. The channel choice is folded into a per-channel ``scale`` whose
-    channel mean (what a 1-channel model sees, see :func:`match_channels`) is
-    the normalized red channel; gray images get scalars.
-    """
-    colour = sample.ndim == 3 and sample.shape[-1] > 1
-    if colour and red_for_colour:
-        # decided on the red channel too: in dense tissue the pink stroma makes the gray median dark
-        lo, med, hi = _percentiles(sample[..., 0])
-        if med - lo > 0.5 * (hi - lo):
-            scale = np.zeros(sample.shape[-1], dtype=np.float32)
-            scale[0] = -sample.shape[-1] / (hi - lo)
-            return hi, scale
-    lo, med, hi = _percentiles(sample.mean(axis=-1) if sample.ndim == 3 else sample)
-    if med - lo > 0.5 * (hi - lo):  # light background: brightfield
-        return hi, -1.0 / (hi - lo)
-    return lo, 1.0 / (hi - lo)
-
-
-def _percentiles(gray: np.ndarray) -> tuple[float, float, float]:
-    """1st, 50th and 99.8th percentiles, the top kept at least 1e-6 above the bottom."""
-    lo, med, hi = (float(v) for v in np.percentile(gray, (1.0, 50.0, 99.8)))
-    return lo, med, max(hi, lo + 1e-6)
-
-
-def apply_norm(image: np.ndarray, offset: float, scale: float | np.ndarray) -> np.ndarray:
-    """(H, W[, C]) -> float32 (H, W, C) normalized with :func:`norm_params` values (scale may be per channel)."""
-    img = image if image.ndim == 3 else image[..., None]
-    out = np.asarray(img, dtype=np.float32) - np.float32(offset)
-    out *= np.asarray(scale, dtype=np.float32)
-    return out
-
-
-def normalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """(H, W) or (H, W, C) -> float32 (H, W, C), normalized per image (see :func:`norm_params`)."""
-    return apply_norm(image, *norm_params(image, mode))
-
-
-def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
-    """Make an (H, W, C) image have ``channels`` channels (gray <-> RGB) or fail clearly."""
-    c = image.shape[-1]
-    if c == channels:
-        return image
-    if channels == 1 and c == 3:
-        return image.mean(axis=-1, keepdims=True)
-    if c == 1:
-        return np.repeat(image, channels, axis=-1)
-    raise InputError(f"{name}: has {c} channels but the model expects {channels}")
+from ..normalize import network_input
 
 
 # ---- items -------------------------------------------------------------------
@@ -220,36 +133,13 @@ def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Ite
     return train, [items[i] for i in val_idx]
 
 
-# ---- targets -----------------------------------------------------------------
-def make_target(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Integer labels -> training target: float {0,1} for binary, int64 classes for border3/contour3."""
-    from . import targets
-
-    if cfg.target == "membrane":  # ISBI: label 0 = membrane = the class we predict
-        return (labels == 0).astype(np.float32)
-    if cfg.target == "binary":
-        return (labels != 0).astype(np.float32) if cfg.foreground == "nonzero" else (labels == 0).astype(np.float32)
-    if cfg.target in ("border3", "contour3"):
-        if cfg.border_fraction < 0:
-            raise InputError(f"data.border_fraction must be >= 0, got {cfg.border_fraction}")
-        contours = cfg.target == "contour3"  # border_target uses the fraction for contours only
-        return targets.border_target(labels, contours=contours, border_fraction=cfg.border_fraction).astype(np.int64)
-    raise InputError(f"data.target must be binary|membrane|border3|contour3, got {cfg.target!r}")
-
-
-def instance_labels(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Objects for the weight map: cells between membranes (ISBI) or the instance labels."""
-    if cfg.target == "membrane":
-        from skimage.measure import label
-
-        return label(labels != 0, connectivity=1)
-    return labels
-
-
-def weight_map(labels: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    from .targets import unet_weight_map
-
-    return unet_weight_map(instance_labels(labels, cfg), w0=cfg.w0, sigma=cfg.sigma).astype(np.float32)
+def items_named(items: list[Item], names: list[str]) -> list[Item]:
+    """The items called ``names``, in that order (a finished run's recorded validation images)."""
+    by_name = {it.name: it for it in items}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"{len(missing)} validation image(s) not in this data set, e.g. {missing[0]!r}")
+    return [by_name[n] for n in names]
 
 
 # ---- patch dataset -------------------------------------------------------------
@@ -282,56 +172,76 @@ def modality_weights(items: list[Item]) -> np.ndarray:
     return w / w.sum()
 
 
+class TargetMaker(Protocol):
+    """What patches need of a task (:class:`biounet.tasks.Task` is one): its config and label conversions."""
+
+    cfg: RunConfig
+
+    def target(self, labels: np.ndarray) -> np.ndarray: ...
+
+    def weight_objects(self, labels: np.ndarray) -> np.ndarray: ...
+
+
 class PatchDataset(Dataset):
     """Random augmented patches: index i draws a patch from a random item.
 
-    Item loads are cached per worker process (``cache=True``) because decoding a
-    PNG costs more than the network on a small patch; turn it off for data sets
-    larger than memory.
+    Images are normalized by :func:`biounet.normalize.network_input`, exactly
+    as prediction does, and targets come from the run's task
+    (:class:`biounet.tasks.Task`, which also carries the run's config). Item loads are
+    cached per worker process (``cache=True``) because decoding a PNG costs
+    more than the network on a small patch; turn it off for data sets larger
+    than memory.
     """
 
-    def __init__(
-        self,
-        items: list[Item],
-        data: DataConfig,
-        augment: AugmentConfig | None,
-        in_channels: int,
-        cache: bool = True,
-    ) -> None:
-        self.items, self.data, self.aug, self.in_channels, self.cache = items, data, augment, in_channels, cache
+    def __init__(self, items: list[Item], task: TargetMaker, augment: bool = True, cache: bool = True) -> None:
+        self.items, self.task, self.augment, self.cache = items, task, augment, cache
+        self.cfg = task.cfg
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.epoch_seed = 0
-        self.p = modality_weights(items) if data.balance else None
+        self.p = modality_weights(items) if self.cfg.data.balance else None
 
     def __len__(self) -> int:
-        return self.data.patches_per_epoch
+        return self.cfg.data.patches_per_epoch
 
-    def _get(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``idx`` as (network input (H, W, C) float32, raw labels (H, W))."""
         if idx in self._cache:
             return self._cache[idx]
         img, lab = self.items[idx].load()
-        img = match_channels(normalize(img, self.data.normalize), self.in_channels, self.items[idx].name)
+        img = network_input(img, self.cfg.data.normalize, self.cfg.model.in_channels, self.items[idx].name)
         if self.cache:
             self._cache[idx] = (img, lab)
         return img, lab
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def draw(self, i: int) -> tuple[np.random.Generator, int, int, int]:
+        """Patch ``i`` of this epoch: (its generator, item index, top, left in the padded image)."""
         rng = np.random.default_rng([self.epoch_seed, i, torch.initial_seed() % 2**31])
-        img, lab = self._get(int(rng.choice(len(self.items), p=self.p)))
-        size = self.data.patch_size
+        idx = int(rng.choice(len(self.items), p=self.p))
+        h, w = self.load(idx)[1].shape
+        size = self.cfg.data.patch_size
+        top = int(rng.integers(max(h, size) - size + 1))
+        left = int(rng.integers(max(w, size) - size + 1))
+        return rng, idx, top, left
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng, idx, top, left = self.draw(i)
+        img, lab = self.load(idx)
+        size = self.cfg.data.patch_size
         img, lab = _pad_to(img, size), _pad_to(lab, size)
-        top = int(rng.integers(img.shape[0] - size + 1))
-        left = int(rng.integers(img.shape[1] - size + 1))
         img = img[top : top + size, left : left + size]
         lab = lab[top : top + size, left : left + size]
-        if self.aug is not None:
+        if self.augment:
             from .transforms import augment
 
-            img, lab = augment(img, lab, rng, self.aug)
+            img, lab = augment(img, lab, rng, self.cfg.augment)
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)),
-            "target": torch.from_numpy(make_target(lab, self.data)),
+            "target": torch.from_numpy(self.task.target(lab)),
         }
-        if self.data.weight_map:
-            out["weight"] = torch.from_numpy(weight_map(lab, self.data))
+        if self.cfg.data.weight_map:
+            from .targets import unet_weight_map
+
+            d = self.cfg.data
+            weights = unet_weight_map(self.task.weight_objects(lab), w0=d.w0, sigma=d.sigma)
+            out["weight"] = torch.from_numpy(weights.astype(np.float32))
         return out

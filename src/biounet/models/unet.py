@@ -9,11 +9,20 @@ so any (H, W) works.
 """
 from __future__ import annotations
 
+import logging
+from functools import cached_property
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+
+if TYPE_CHECKING:
+    from ..tiling import NetGeometry
+
+log = logging.getLogger(__name__)
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -150,6 +159,20 @@ class UNet(nn.Module):
         n = self.valid_input_size(1)
         return (n - self.output_size(n)) // 2
 
+    @cached_property
+    def geometry(self) -> "NetGeometry":
+        """What overlap-tile inference needs to know about this net (see :class:`~biounet.tiling.NetGeometry`).
+
+        Valid inputs of a valid net are ``min_input + k * align``; ``context``
+        is the receptive field, measured once (a gradient probe, a fraction of a
+        second) the first time it is asked for, and reused for every image.
+        """
+        from ..tiling import NetGeometry
+
+        align = self.cfg.pool_size**self.cfg.depth
+        return NetGeometry(margin=self.margin, align=align, min_input=self.valid_input_size(1),
+                           context=receptive_field(self, self.cfg.in_channels))
+
     # ---- forward ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
@@ -176,6 +199,49 @@ class UNet(nn.Module):
         if self.cfg.padding == "same" and x.shape[-2:] != (h, w):
             x = center_crop(x, h, w)
         return x
+
+
+def receptive_field(module: nn.Module, in_channels: int, size: int = 64, max_size: int = 1024) -> int:
+    """Receptive field side (pixels) of a 2D network, measured empirically.
+
+    The gradient of the centre output pixel w.r.t. a random input (eval mode,
+    4 random inputs, support unioned) has the receptive field as its support.
+    The input grows until the support no longer touches its border. Max
+    pooling passes gradient only to each window's maximum, so the result may
+    fall short of the theoretical field by a pixel or two; it is meant for
+    choosing overlaps, not for geometry (use ``margin`` for that). 0 means
+    nothing reached the centre output (a dead network).
+    The module's train/eval mode is restored afterwards.
+    """
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    valid_size = getattr(module, "valid_input_size", lambda n: n)
+    gen = torch.Generator().manual_seed(0)
+    was_training = module.training
+    module.eval()
+    try:
+        n = size
+        while True:
+            n_in = valid_size(n)
+            x = torch.randn(4, in_channels, n_in, n_in, generator=gen).to(device, dtype).requires_grad_(True)
+            with torch.enable_grad():
+                y = module(x)
+                centre = y[:, :, y.shape[-2] // 2, y.shape[-1] // 2].sum()
+                (grad,) = torch.autograd.grad(centre, x)
+            support = grad.abs().sum((0, 1)) > 0
+            if not support.any():  # a dead net (e.g. all ReLUs off at init): nothing to measure
+                return 0
+            rows = torch.nonzero(support.any(1)).flatten()
+            cols = torch.nonzero(support.any(0)).flatten()
+            touches = bool(rows[0] == 0 or cols[0] == 0 or rows[-1] == n_in - 1 or cols[-1] == n_in - 1)
+            if not touches or n_in >= max_size:
+                if touches:
+                    log.warning("receptive field reaches the %d-pixel probe's border; it is at least that", n_in)
+                return int(max(rows[-1] - rows[0], cols[-1] - cols[0])) + 1
+            n = 2 * n_in
+    finally:
+        module.train(was_training)
 
 
 def build_model(cfg: ModelConfig) -> UNet:

@@ -1,0 +1,139 @@
+"""Image normalisation, the one step training and prediction must do identically.
+
+Both sides call these functions and nothing else: the training data set
+(:mod:`biounet.data.dataset`) on whole images, prediction
+(:mod:`biounet.predict`) through :class:`NormalizedView`, which applies the
+same per-image ``(offset, scale)`` window by window so a memory-mapped image
+is never converted whole. The mode is stored in the model's config, so a model
+always sees its inputs as it saw them in training.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .io import InputError
+
+MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
+
+
+def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray]:
+    """(offset, scale) so that ``(image - offset) * scale`` is the normalized image.
+
+    ``percentile`` maps the 1st..99.8th percentile of each image to 0..1, which
+    makes 8-bit, 16-bit, dim and bright acquisitions look alike to the network.
+    Percentiles of big images are estimated on a strided subsample, so a
+    memory-mapped whole-slide image is never read whole.
+    """
+    if mode == "none":
+        return 0.0, 1.0
+    if mode == "range":
+        dtype = np.dtype(image.dtype)
+        return 0.0, 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 4_000_000)))
+    sample = np.asarray(image[::step, ::step], dtype=np.float32)
+    if mode == "percentile":
+        lo, hi = np.percentile(sample, (1.0, 99.8))
+    elif mode == "minmax":
+        lo, hi = float(sample.min()), float(sample.max())
+    elif mode in ("percentile_invert", "nuclei"):
+        return _bright_objects(sample, red_for_colour=mode == "nuclei")
+    else:
+        raise ValueError(f"data.normalize must be one of {', '.join(MODES)}, got {mode!r}")
+    return float(lo), 1.0 / max(float(hi - lo), 1e-6)
+
+
+def _bright_objects(sample: np.ndarray, red_for_colour: bool) -> tuple[float, float | np.ndarray]:
+    """Percentile (offset, scale) of a 1-channel "nuclei are bright" view of the image.
+
+    Brightfield and H&E show nuclei dark on a light background, fluorescence
+    bright on a dark one. Inverting the first kind (a negative scale) makes every
+    modality look like fluorescence to a 1-channel net, so the rare modalities
+    borrow what it learned on the common one. The background is taken to be
+    bright when the median gray pixel lies in the upper half of the 1st..99.8th
+    percentile range (nuclei cover well under half of these images).
+
+    ``red_for_colour`` (``normalize = "nuclei"``, for stained tissue): a
+    light-background colour image is read through its red channel alone:
+    hematoxylin (nuclei) absorbs red strongly and eosin (cytoplasm, stroma)
+    hardly at all, whereas in the channel mean pink stroma is as dark as a
+    nucleus; dense tissue is recognised the same way, by a bright red-channel
+    median. The channel choice is folded into a per-channel ``scale`` whose
+    channel mean (what a 1-channel model sees, see :func:`match_channels`) is
+    the normalized red channel; gray images get scalars.
+    """
+    colour = sample.ndim == 3 and sample.shape[-1] > 1
+    if colour and red_for_colour:
+        # decided on the red channel too: in dense tissue the pink stroma makes the gray median dark
+        lo, med, hi = _percentiles(sample[..., 0])
+        if med - lo > 0.5 * (hi - lo):
+            scale = np.zeros(sample.shape[-1], dtype=np.float32)
+            scale[0] = -sample.shape[-1] / (hi - lo)
+            return hi, scale
+    lo, med, hi = _percentiles(sample.mean(axis=-1) if sample.ndim == 3 else sample)
+    if med - lo > 0.5 * (hi - lo):  # light background: brightfield
+        return hi, -1.0 / (hi - lo)
+    return lo, 1.0 / (hi - lo)
+
+
+def _percentiles(gray: np.ndarray) -> tuple[float, float, float]:
+    """1st, 50th and 99.8th percentiles, the top kept at least 1e-6 above the bottom."""
+    lo, med, hi = (float(v) for v in np.percentile(gray, (1.0, 50.0, 99.8)))
+    return lo, med, max(hi, lo + 1e-6)
+
+
+def apply_norm(image: np.ndarray, offset: float, scale: float | np.ndarray) -> np.ndarray:
+    """(H, W[, C]) -> float32 (H, W, C) normalized with :func:`norm_params` values (scale may be per channel)."""
+    img = image if image.ndim == 3 else image[..., None]
+    out = np.asarray(img, dtype=np.float32) - np.float32(offset)
+    out *= np.asarray(scale, dtype=np.float32)
+    return out
+
+
+def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
+    """Make an (H, W, C) image have ``channels`` channels (gray <-> RGB) or fail clearly."""
+    c = image.shape[-1]
+    if c == channels:
+        return image
+    if channels == 1 and c == 3:
+        return image.mean(axis=-1, keepdims=True)
+    if c == 1:
+        return np.repeat(image, channels, axis=-1)
+    raise InputError(f"{name}: has {c} channels but the model expects {channels}")
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W) or (H, W, C) -> float32 (H, W, C), normalized per image (see :func:`norm_params`)."""
+    return apply_norm(image, *norm_params(image, mode))
+
+
+def network_input(image: np.ndarray, mode: str, channels: int, name: str = "image") -> np.ndarray:
+    """Raw (H, W[, C]) -> what the network is fed, float32 (H, W, ``channels``); training's entry point."""
+    return match_channels(normalize(image, mode), channels, name)
+
+
+class NormalizedView:
+    """A raw (H, W[, C]) image seen as :func:`network_input` in (C, H, W) layout, computed per window.
+
+    The tiling engine slices it tile by tile, so a memory-mapped image is never
+    converted (or even read) whole; ``view[:, a:b, c:d]`` equals the same
+    window of ``network_input(raw).transpose(2, 0, 1)``.
+    """
+
+    def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
+        self.raw, self.channels, self.name = raw, channels, name
+        self.offset, self.scale = norm_params(raw, mode)
+        self.shape = (channels, raw.shape[0], raw.shape[1])
+        self.ndim = 3
+        # fail now, naming the file, rather than at the first tile: a 1-pixel probe of the channel rule
+        match_channels(np.zeros((1, 1, 1 if raw.ndim == 2 else raw.shape[2]), np.float32), channels, name)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        _, rows, cols = key
+        window = apply_norm(np.asarray(self.raw[rows, cols]), self.offset, self.scale)
+        return match_channels(window, self.channels, self.name).transpose(2, 0, 1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:, slice(None), slice(None)]
+        return np.ascontiguousarray(whole if dtype is None else whole.astype(dtype))

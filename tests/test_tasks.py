@@ -1,0 +1,130 @@
+"""Tasks: one registry decides targets, heads, losses, scores; inconsistent configs fail at load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from biounet import checkpoint
+from biounet.config import RunConfig, to_dict
+from biounet.data.targets import border_target
+from biounet.io import InputError
+from biounet.tasks import TASKS, apply_overrides, build_config, get_task, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def task_for(*overrides: str):
+    return get_task(apply_overrides(RunConfig(), list(overrides)))
+
+
+def two_touching_disks() -> np.ndarray:
+    lab = np.zeros((40, 60), np.int32)
+    lab[disk((20, 15), 6.5, shape=lab.shape)] = 1
+    lab[disk((20, 28), 6.5, shape=lab.shape)] = 2
+    return lab
+
+
+# ---- the registry contract: every task, the same promises ----------------------------
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_builds_trains_segments_and_scores(name):
+    cfg = build_config({"task": name})  # the task's defaults alone make a consistent config
+    task = get_task(cfg)
+    lab = two_touching_disks()
+    target = task.target(lab)
+    assert target.shape == lab.shape
+    softmax = cfg.model.out_channels > 1
+    assert target.dtype == (np.int64 if softmax else np.float32)
+    assert target.min() >= 0 and target.max() < max(2, cfg.model.out_channels)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(cfg.model.out_channels), lab.shape).transpose(2, 0, 1).astype(np.float32) \
+        if softmax else rng.random((1, *lab.shape), dtype=np.float32)
+    out = task.segment(probs, cfg.post)
+    assert out.shape == lab.shape
+    scores = task.scores([lab, lab], [out, out])
+    assert task.metric in scores and set(task.headline) <= set(scores)
+    assert 0 <= task.image_score(lab, out) <= 1
+    assert set(task.grid) <= set(to_dict(cfg.post))
+
+
+@pytest.mark.parametrize("name", ["binary", "nuclei"])
+def test_dataset_score_is_the_mean_of_image_scores(name):
+    """The two scoring paths (epoch picking, threshold tuning) must measure the same thing."""
+    task = get_task(build_config({"task": name}))
+    a = two_touching_disks()
+    b = np.roll(a, 3, axis=1)
+    c = np.where(a == 2, 0, a)
+    outs = [(x > 0).astype(np.uint8) * 255 if name == "binary" else x for x in (b, c)]
+    per_image = [task.image_score(a, o) for o in outs]
+    assert task.scores([a, a], outs)[task.metric] == pytest.approx(np.mean(per_image))
+
+
+def test_binary_dice_by_hand():
+    task = get_task(build_config({"task": "binary"}))
+    truth = np.zeros((4, 4), np.int32)
+    truth[:2] = 1  # 8 px
+    pred = np.zeros((4, 4), np.uint8)
+    pred[1:3] = 255  # 8 px, 4 shared: dice = 2*4 / 16
+    assert task.image_score(truth, pred) == pytest.approx(0.5)
+    zero_fg = task_for("data.foreground=zero")  # ISBI-style labels: 0 is the foreground
+    assert zero_fg.image_score(truth, pred) == pytest.approx(2 * 4 / (8 + 8))
+    assert np.array_equal(zero_fg.target(truth), (truth == 0).astype(np.float32))
+
+
+def test_membrane_target_and_objects():
+    task = get_task(build_config({"task": "membrane"}))
+    lab = np.full((6, 6), 255, np.uint8)
+    lab[:, 3] = 0  # a membrane column splits two cells
+    assert np.array_equal(task.target(lab), (lab == 0).astype(np.float32))
+    assert task.weight_objects(lab).max() == 2  # the two cells, for the weight map
+
+
+def test_nuclei_targets_follow_data_target_and_fraction():
+    lab = two_touching_disks()
+    touching = task_for("task=nuclei", "data.target=border3").target(lab)
+    outline = task_for("task=nuclei", "data.border_fraction=0").target(lab)
+    wide = task_for("task=nuclei").target(lab)  # the task's default: half the inscribed radius
+    np.testing.assert_array_equal(touching, border_target(lab))
+    np.testing.assert_array_equal(outline, border_target(lab, contours=True))
+    np.testing.assert_array_equal(wide, border_target(lab, contours=True, border_fraction=0.5))
+    assert ((touching == 2) <= (outline == 2)).all() and (outline == 2).sum() > (touching == 2).sum()
+    assert (wide == 2).sum() >= (outline == 2).sum()
+    # border3 ignores the fraction
+    np.testing.assert_array_equal(task_for("task=nuclei", "data.target=border3",
+                                           "data.border_fraction=0.9").target(lab), touching)
+
+
+# ---- consistency checks: one line naming the key --------------------------------------
+@pytest.mark.parametrize("raw,match", [
+    # the issue's example: a 3-class target on the default binary head and BCE
+    ({"task": "binary", "data": {"target": "contour3"}}, "task 'binary': needs data.target = 'binary', got 'contour3'"),
+    ({"task": "nuclei", "model": {"out_channels": 1}}, "task 'nuclei': needs model.out_channels = 3, got 1"),
+    ({"task": "nuclei", "train": {"loss": "bce_dice"}}, "train.loss = 'bce_dice' does not fit a 3-channel softmax head"),
+    ({"task": "membrane", "post": {"mode": "instances"}}, "task 'membrane': needs post.mode = 'mask', got 'instances'"),
+    ({"task": "binary", "model": {"out_channels": 2}}, "train.loss = 'bce_dice' does not fit a 2-channel softmax head"),
+    ({"task": "nuclei", "train": {"class_weights": [1, 2]}}, "class_weights needs one weight per class"),
+    ({"task": "nuclei", "train": {"class_weights": [0, 0, 0]}}, "must not all be 0"),
+    ({"task": "cells"}, "task = \"cells\" is not allowed \\(allowed: binary, membrane, nuclei\\)"),
+])
+def test_inconsistent_configs_fail_at_load(raw, match):
+    with pytest.raises(InputError, match=match) as err:
+        build_config(raw)
+    assert "\n" not in str(err.value)
+
+
+def test_switching_task_by_override_brings_its_defaults():
+    cfg = apply_overrides(RunConfig(), ["task=nuclei"])
+    assert (cfg.model.out_channels, cfg.data.target, cfg.train.loss, cfg.post.mode) == (3, "contour3", "ce_dice",
+                                                                                       "instances")
+    back = apply_overrides(cfg, ["task=membrane", "train.loss=dice"])  # explicit overrides still win
+    assert (back.model.out_channels, back.data.target, back.train.loss) == (1, "membrane", "dice")
+
+
+@pytest.mark.parametrize("toml,model", [("dsb2018.toml", "dsb2018-nuclei"), ("isbi2012.toml", "isbi2012-membrane")])
+def test_short_configs_resolve_to_the_shipped_models_configs(toml, model):
+    """configs/ hold a task plus what differs from it; resolved they are exactly what the models trained with."""
+    if model not in checkpoint.shipped_models():
+        pytest.skip(f"{model} not shipped")
+    assert load_config(ROOT / "configs" / toml) == checkpoint.load_config(checkpoint.resolve_model(model))
