@@ -103,3 +103,75 @@ def test_read_submission_errors_name_file_and_line(tmp_path) -> None:
         read_submission(path)
     with pytest.raises(InputError, match="no such file"):
         read_submission(tmp_path / "missing.csv")
+
+
+# ---- the network as ONNX / TorchScript ------------------------------------------------
+def _tiny_run(tmp_path):
+    """A model folder written by checkpoint.py (random weights, non-trivial batch norm)."""
+    import torch
+
+    from biounet import checkpoint
+    from biounet.models.unet import build_model
+    from biounet.tasks import build_config
+
+    cfg = build_config({"task": "nuclei", "model": {"base_features": 4, "depth": 2}})
+    torch.manual_seed(0)
+    net = build_model(cfg.model)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    checkpoint.save_config(folder, cfg)
+    checkpoint.save_weights(folder / checkpoint.WEIGHTS, net)
+    return folder, net.eval()
+
+
+def test_onnx_export_reproduces_torch_and_describes_itself(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the optional 'onnx' extra")
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    import json
+
+    import torch
+
+    from biounet.export import export_model
+
+    folder, net = _tiny_run(tmp_path)
+    out = export_model(folder, "onnx", tmp_path / "m.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["biounet.task"] == "nuclei" and meta["biounet.normalize"] == "nuclei"
+    assert json.loads(meta["biounet.config"])["model"]["base_features"] == 4
+    assert "softmax" in meta["biounet.output"] and "multiples of 4" in meta["biounet.input"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 32, 32), (2, 1, 48, 76)]:  # dynamic batch, height and width
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        got = session.run(None, {"image": x})[0]
+        with torch.no_grad():
+            want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+
+
+def test_torchscript_export_reproduces_torch(tmp_path):
+    import torch
+
+    from biounet.export import export_model
+
+    folder, net = _tiny_run(tmp_path)
+    out = export_model(folder, "torchscript", tmp_path / "m.pt")
+    extra = {"biounet.task": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert extra["biounet.task"] in ("nuclei", b"nuclei")
+    x = torch.rand(2, 1, 40, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), torch.softmax(net(x), 1), atol=1e-5)
+
+
+def test_export_refuses_unknown_formats_and_models(tmp_path):
+    from biounet.export import export_model
+
+    with pytest.raises(InputError, match="--format must be one of onnx, torchscript"):
+        export_model("dsb2018-nuclei", "tflite", tmp_path / "x")
+    with pytest.raises(InputError, match="not a model folder"):
+        export_model(tmp_path / "nothing", "onnx", tmp_path / "x")
+    assert not list(tmp_path.iterdir())

@@ -43,7 +43,7 @@ def test_options_are_fixed_and_with_options_shares_the_network():
     assert tta.options.tta and not seg.options.tta and tta.module is seg.module
 
 
-@pytest.mark.parametrize("bad,match", [({"tile": -1}, "--tile"), ({"batch_size": 0}, "--batch-size"),
+@pytest.mark.parametrize("bad,match", [({"tile": -1}, "--tile"), ({"batch_size": -1}, "--batch-size"),
                                        ({"overlap": -2}, "--overlap"), ({"diameter": 0.0}, "--diameter")])
 def test_bad_options_are_one_line_errors(bad, match):
     with pytest.raises(biounet.io.InputError, match=match):
@@ -129,3 +129,46 @@ def test_median_diameter_of_discs():
     lab[(yy - 10) ** 2 + (xx - 10) ** 2 <= 36] = 1
     lab[(yy - 30) ** 2 + (xx - 30) ** 2 <= 36] = 2
     assert abs(median_diameter([lab]) - 12) < 1.0
+
+
+# ---- the fast CPU path and the ONNX Runtime backend ------------------------------------
+def trained_looking(seg: P.Segmenter) -> P.Segmenter:
+    """Non-trivial batch-norm statistics and affine parameters, so folding them is really tested."""
+    g = torch.Generator().manual_seed(1)
+    for mod in seg.module.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+    return seg
+
+
+@pytest.mark.parametrize("padding,channels,hw", [("same", 1, (37, 53)), ("same", 3, (64, 41)),
+                                                 ("valid", 1, (45, 38)), ("valid", 3, (33, 70))])
+def test_fast_path_gives_the_plain_probabilities(padding, channels, hw):
+    seg = trained_looking(make_segmenter(base_features=4, depth=2, padding=padding, in_channels=channels))
+    img = np.random.default_rng(5).integers(0, 255, (*hw, channels) if channels > 1 else hw, dtype=np.uint8)
+    plain = seg.with_options(fast=False).predict(img)
+    fast = seg.with_options(fast=True)
+    assert fast.network is not seg.module  # a folded, channels-last copy...
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.network.modules())
+    got = fast.predict(img)
+    assert got.shape == plain.shape == hw
+    assert np.abs(got - plain).max() < 1e-4
+    tiled = fast.with_options(tile=32).predict(img), seg.with_options(fast=False, tile=32).predict(img)
+    assert np.abs(tiled[0] - tiled[1]).max() < 1e-4
+    assert seg.module.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in seg.module.modules())
+
+
+@pytest.mark.parametrize("padding,hw", [("same", (37, 53)), ("same", (64, 48)), ("valid", (45, 38))])
+def test_onnxruntime_backend_matches_torch(padding, hw):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is the optional 'onnx' extra")
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    seg = trained_looking(make_segmenter(base_features=4, depth=2, padding=padding))
+    img = np.random.default_rng(6).integers(0, 255, hw, dtype=np.uint8)
+    ort = seg.with_options(backend="onnxruntime")
+    assert isinstance(ort.network, P.OnnxRunner)
+    np.testing.assert_allclose(ort.predict(img), seg.with_options(fast=False).predict(img), atol=1e-4)
+    np.testing.assert_allclose(ort.with_options(tta=True, tile=32).predict(img),
+                               seg.with_options(fast=False, tta=True, tile=32).predict(img), atol=1e-4)

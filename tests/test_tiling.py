@@ -183,10 +183,28 @@ def test_fit_tiles_rounds_tiles_and_caps_overlap():
     assert fit_tiles(TileConfig(tile=10), geo).tile == 44  # output 4 = align
     geo = tiny_unet("same").geometry
     cfg = fit_tiles(TileConfig(tile=30), geo)
-    assert (cfg.tile, cfg.overlap, geo.margin, geo.align) == (32, 16, 0, 4)
-    # geometry alone, no network: the overlap is the context, or left to predict_tiled when unknown
-    assert fit_tiles(TileConfig(tile=64), NetGeometry(align=8, context=20)) == TileConfig(tile=64, overlap=20)
-    assert fit_tiles(TileConfig(tile=60), NetGeometry(align=8)).overlap is None
+    assert (cfg.tile, geo.margin, geo.align) == (32, 0, 4)
+    assert cfg.overlap == min(-(-geo.context // 3 // 4) * 4, 16)  # a third of the field, aligned, <= tile / 2
+    # geometry alone, no network: a third of the context, rounded up to the alignment
+    assert fit_tiles(TileConfig(tile=64), NetGeometry(align=8, context=188)) == TileConfig(tile=64, overlap=32)
+    assert fit_tiles(TileConfig(tile=60), NetGeometry(align=8)).overlap is None  # unknown: left to predict_tiled
+
+
+@pytest.mark.parametrize("shape", [(2048, 2048), (1024, 1000), (3000, 2000), (600, 700), (300, 5000), (100, 90)])
+def test_covering_tile_shrinks_without_adding_tiles(shape):
+    """Given the image, the tile shrinks to cover it with as many tiles as the requested size needs, no more."""
+    from biounet.tiling import _axis, _step
+
+    geo = NetGeometry(align=16, context=188)
+
+    def tiles(cfg):
+        step = _step(cfg.tile, cfg.overlap, geo.align)
+        return [len(_axis(n, cfg.tile, step, geo.align, blend_window(cfg.tile, "gaussian")).starts) for n in shape]
+
+    asked, fitted = fit_tiles(TileConfig(tile=512), geo), fit_tiles(TileConfig(tile=512), geo, shape)
+    assert fitted.overlap == asked.overlap == 64 and fitted.tile % 16 == 0 and fitted.tile <= 512
+    assert tiles(fitted) == tiles(asked)
+    assert fitted.tile < 512 or max(shape) >= 512 * 8
 
 
 @pytest.mark.parametrize("depth,kernel", [(1, 3), (2, 3), (3, 3), (2, 5)])

@@ -28,7 +28,7 @@ from .config import PostConfig, RunConfig, from_dict, to_dict
 from .tasks import build_config
 from .io import InputError, atomic_path
 
-FORMAT = 2  # 2: "task" key, no train.val_metric
+FORMAT = 2  # 2: "task" key, no train.val_metric, train.channels_last
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 CONFIG, WEIGHTS, THRESHOLDS, METRICS = "config.json", "model.safetensors", "thresholds.json", "metrics.json"
@@ -73,8 +73,13 @@ def read_json(path: Path) -> Any:
 
 
 # ---- config ---------------------------------------------------------------------------
+def config_dict(cfg: RunConfig) -> dict:
+    """What config.json holds: the resolved config and the layout version."""
+    return {"format": FORMAT, **to_dict(cfg)}
+
+
 def save_config(run_dir: Path, cfg: RunConfig) -> None:
-    write_json(Path(run_dir) / CONFIG, {"format": FORMAT, **to_dict(cfg)})
+    write_json(Path(run_dir) / CONFIG, config_dict(cfg))
 
 
 def migrate(data: dict) -> dict:
@@ -89,6 +94,7 @@ def migrate(data: dict) -> dict:
     if version == 1:  # no task: it was implied by data.target (or the explicit validation metric)
         train = dict(data.get("train", {}))
         metric = train.pop("val_metric", "auto")
+        train.setdefault("channels_last", False)  # what those runs trained with
         target = data.get("data", {}).get("target", "binary")
         by_metric = {"v_rand": "membrane", "dsb": "nuclei", "dice": "binary"}
         data = {**data, "task": by_metric.get(metric, legacy_task(target)), "train": train}

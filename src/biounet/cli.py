@@ -7,6 +7,7 @@ printed as one line and exit with status 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -66,30 +67,89 @@ def predict(
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to 2048x2048, tiles of 512 beyond)."),
-    overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the net's receptive field)."),
+    overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
     diameter: Optional[float] = typer.Option(
         None, help="Typical object diameter (px) in these images; rescales them to the model's training scale."),
-    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    batch_size: int = typer.Option(0, help="Tiles per forward pass (0 = 1 on CPU, 4 on GPU)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    fast: bool = typer.Option(True, help="Batch norm folded into the convolutions, channels-last layout."),
+    backend: str = typer.Option("torch", help="torch, onnxruntime (pip install 'biounet[onnx]') or auto."),
+    threads: int = typer.Option(0, help="CPU threads (0 = one per core available to this process)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network (slow first image)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
     from .predict import OutputOptions, PredictOptions, expand_inputs, load_model, predict_file
 
+    rank, world, local_world = _distributed()
+    _set_threads(threads, share=local_world)
+    if device.startswith("cuda") and world > 1 and ":" not in device:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
-                   diameter=diameter, progress=verbose)
+                   diameter=diameter, progress=verbose, fast=fast, backend=backend, compile=compile_)
     seg = _run(load_model, model, device=device, options=options)
     files = _run(expand_inputs, [str(p) for p in inputs])
+    mine = files[rank::world]  # under torchrun each process takes every world-th file
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)
     from tqdm.auto import tqdm
 
-    for path in tqdm(files, desc="images", disable=len(files) < 2):
+    for path in tqdm(mine, desc="images", disable=len(mine) < 2 or rank > 0):
         written = _run(predict_file, seg, path, out, opts)
         for w in written:
             logging.getLogger("biounet").info("wrote %s", w)
+    if world > 1:
+        import torch.distributed as dist
+
+        counts = [0] * world
+        dist.all_gather_object(counts, len(mine))
+        dist.destroy_process_group()
+        if rank == 0:
+            typer.echo(f"{sum(counts)} image(s) -> {out}/ ({world} processes: {', '.join(map(str, counts))})")
+        return
     typer.echo(f"{len(files)} image(s) -> {out}/")
+
+
+def _set_threads(threads: int, share: int = 1) -> None:
+    """torch's CPU threads: ``threads``, or the cores this process may use (cgroups, taskset) split ``share`` ways."""
+    import torch
+
+    if threads < 0:
+        _fail(f"--threads must be >= 0, got {threads}")
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // share))
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, processes on this machine) under torchrun; (0, 1, 1) otherwise.
+
+    Prediction needs no gradients to share, only the files: each rank predicts
+    its share and writes its own outputs atomically; gloo (CPU) or NCCL (GPU)
+    carries the final counts.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name or a model/run folder."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt)."),
+) -> None:
+    """Write the network as ONNX or TorchScript: probabilities out, normalisation and head in its metadata."""
+    _setup_logging(False)
+    from .export import export_model
+
+    path = _run(export_model, model, fmt, out)
+    typer.echo(f"{model} -> {path}")
 
 
 @app.command()

@@ -87,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch default
     amp: bool = True  # mixed precision, used only on CUDA
+    channels_last: bool = True  # NHWC activations: ~1.3x faster CPU training steps with oneDNN (benchmarks/speed.py)
     val_every: int = 1  # validate every N epochs (and after the last one)
     init_weights: str = ""  # start from this model folder's weights (fine-tuning); "" = random init
 

@@ -1,4 +1,5 @@
-"""Kaggle DSB 2018 submissions: run-length encoding of instance labels.
+"""Exports: Kaggle DSB 2018 submissions (run-length encoding of instance labels) and the network
+as ONNX or TorchScript (:func:`export_model`).
 
 Kaggle numbers pixels from 1, top to bottom then left to right (column-major,
 Fortran order), and writes each object as ``"start length start length ..."``
@@ -16,7 +17,8 @@ import numpy as np
 from biounet.io import InputError, atomic_path
 from biounet.labels import check_labels
 
-__all__ = ["rle_encode", "rle_decode", "labels_to_rles", "write_submission", "read_submission"]
+__all__ = ["rle_encode", "rle_decode", "labels_to_rles", "write_submission", "read_submission",
+           "to_onnx", "to_torchscript", "export_model", "MODEL_FORMATS"]
 
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 
@@ -167,3 +169,144 @@ def _parse_runs(rle: str) -> np.ndarray:
     if (runs[1:, 0] < ends[:-1]).any():
         raise ValueError("RLE runs must be sorted and must not overlap")
     return runs
+
+
+# ---- the network as a file other runtimes load -------------------------------------
+MODEL_FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+
+
+def _probabilities(module):
+    """``module`` followed by its head's activation (sigmoid or softmax): outputs are probabilities."""
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module, softmax: bool) -> None:
+            super().__init__()
+            self.net, self.softmax = net, softmax
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net(x)
+            return torch.softmax(y, dim=1) if self.softmax else torch.sigmoid(y)
+
+    return Probabilities(module, module.cfg.out_channels > 1).eval()
+
+
+def _example_input(module):
+    import torch
+
+    cfg = module.cfg
+    side = module.valid_input_size(4 * cfg.pool_size**cfg.depth)
+    return torch.zeros(1, cfg.in_channels, side, side)
+
+
+def to_onnx(module, probabilities: bool = False, metadata: dict[str, str] | None = None) -> bytes:
+    """A U-Net as ONNX bytes with dynamic batch, height and width.
+
+    Input ``image`` (N, C, H, W) float32, normalized as ``config.json`` says;
+    for ``same`` nets H and W must be multiples of ``pool_size ** depth`` (16 for
+    the shipped models; :class:`biounet.predict.OnnxRunner` pads other sizes),
+    for ``valid`` nets valid input sizes. Output ``logits`` or, with
+    ``probabilities``, ``probabilities`` (sigmoid / softmax applied). Batch norm
+    is folded into the convolutions first. ``metadata`` goes into the model's
+    metadata_props, so the file describes itself.
+    """
+    import io
+    import warnings
+
+    import torch
+
+    from .models.unet import inference_copy
+
+    net = inference_copy(module, channels_last=False)
+    if probabilities:
+        net = _probabilities(net)
+    out_name = "probabilities" if probabilities else "logits"
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(net, _example_input(module), buf, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=[out_name],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        out_name: {0: "batch", 2: "height", 3: "width"}})
+    data = buf.getvalue()
+    if metadata:
+        import onnx
+
+        model = onnx.load_from_string(data)
+        for k, v in metadata.items():
+            model.metadata_props.add(key=k, value=v)
+        data = model.SerializeToString()
+    return data
+
+
+def to_torchscript(module, probabilities: bool = True, metadata: dict[str, str] | None = None) -> bytes:
+    """A U-Net traced to TorchScript bytes (``torch.jit.load`` reads it); metadata as extra files.
+
+    Same input contract as :func:`to_onnx`; traced on a multiple-of-alignment
+    input, so the graph runs any such size.
+    """
+    import io
+    import warnings
+
+    import torch
+
+    from .models.unet import inference_copy
+
+    net = inference_copy(module, channels_last=False)
+    if probabilities:
+        net = _probabilities(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, _example_input(module), check_trace=False)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, which CPU users lack
+        torch.jit.save(traced, buf, _extra_files=dict(metadata or {}))
+    return buf.getvalue()
+
+
+def model_metadata(model_dir: Path) -> dict[str, str]:
+    """What a user of the exported file needs from the model folder, as strings."""
+    import json
+
+    from . import checkpoint
+    from .config import to_dict
+
+    cfg = checkpoint.load_config(model_dir)
+    post = checkpoint.load_post(model_dir, cfg.post)
+    align = cfg.model.pool_size**cfg.model.depth
+    return {
+        "biounet.name": cfg.name,
+        "biounet.task": cfg.task,
+        "biounet.normalize": cfg.data.normalize,
+        "biounet.input": (f"(N, {cfg.model.in_channels}, H, W) float32, each image normalized by "
+                          f"biounet.normalize '{cfg.data.normalize}'; H and W multiples of {align}"
+                          if cfg.model.padding == "same" else "valid-padding net: see biounet.config"),
+        "biounet.output": (f"(N, {cfg.model.out_channels}, H, W) "
+                           + ("softmax probabilities" if cfg.model.out_channels > 1 else "sigmoid probability")),
+        "biounet.config": json.dumps(checkpoint.config_dict(cfg)),
+        "biounet.thresholds": json.dumps(to_dict(post)),
+    }
+
+
+def export_model(model: str | Path, fmt: str, out: str | Path) -> Path:
+    """Write a shipped model or model folder as ONNX or TorchScript (probabilities out), atomically."""
+    from . import checkpoint
+
+    if fmt not in MODEL_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(MODEL_FORMATS)}, got {fmt!r}")
+    folder = checkpoint.resolve_model(model)
+    _, module = checkpoint.load_module(folder)
+    meta = model_metadata(folder)
+    if fmt == "onnx":
+        try:
+            data = to_onnx(module, probabilities=True, metadata=meta)
+        except ImportError as exc:
+            raise InputError(f"ONNX export needs the onnx package: pip install 'biounet[onnx]' ({exc})") from None
+    else:
+        data = to_torchscript(module, probabilities=True, metadata=meta)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return out

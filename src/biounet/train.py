@@ -106,7 +106,6 @@ class Run:
     dataset: PatchDataset
     loader: DataLoader
     val_items: list[Item]
-    segmenter: Segmenter  # predicts validation images with the live weights
     writer: Any = None  # TensorBoard, when installed
     start_epoch: int = 0
     best: float = -math.inf
@@ -136,6 +135,8 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     if cfg.train.init_weights and not resume:
         checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)
     model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
     dataset = PatchDataset(train_items, task)
     run = Run(
@@ -147,7 +148,7 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         dataset=dataset,
         loader=DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
                           num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0),
-        val_items=val_items, segmenter=Segmenter(module=model, config=cfg, post=cfg.post),
+        val_items=val_items,
     )
     if resume:
         restore_state(run, checkpoint.load_state(run_dir / checkpoint.STATE))
@@ -208,6 +209,8 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
 def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
     """Forward, loss, backward, optimiser step on one batch; returns the loss."""
     x = batch["image"].to(run.device, non_blocking=True)
+    if run.cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = batch["target"].to(run.device, non_blocking=True)
     w = batch["weight"].to(run.device) if "weight" in batch else None
     with torch.autocast(run.device.type, enabled=run.use_amp):
@@ -229,7 +232,8 @@ def validate(run: Run) -> dict[str, float]:
     are scored at their best threshold (``tune_each_validation``); instance
     tuning is too slow for every validation and waits for :func:`finish`.
     """
-    preds = predict_items(run.segmenter, run.val_items)
+    seg = Segmenter(module=run.model, config=run.cfg, post=run.cfg.post)  # new each time: the weights moved
+    preds = predict_items(seg, run.val_items)
     if run.task.tune_each_validation:
         return tune_post(run.task, preds, run.cfg.post)[1]
     return score_predictions(run.task, preds, run.cfg.post)
