@@ -158,3 +158,15 @@ def test_torchrun_predict_shards_files_and_matches_one_process(tiny_run, tmp_pat
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 5
     for name in names:
         assert np.array_equal(tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name))
+
+
+def test_predict_instances_from_a_membrane_model_and_evaluate_them(tiny_run, stack_files, tmp_path):
+    vol, labels = stack_files
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "--instances", "-o", str(tmp_path / "o"), str(vol)])
+    assert res.exit_code == 0, res.output
+    cells = read_stack(tmp_path / "o" / "vol.tif")
+    assert cells.dtype in (np.uint16, np.uint32) and cells.shape == read_stack(vol).shape
+    assert cells.min() >= 1  # every pixel belongs to a cell: zero-width boundaries
+    res = runner.invoke(app, ["evaluate", "--truth", str(labels), "--pred", str(tmp_path / "o" / "vol.tif")])
+    assert res.exit_code == 0, res.output
+    assert "v_rand" in res.output and "pixel_error" not in res.output  # labels are scored as labels

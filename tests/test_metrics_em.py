@@ -205,3 +205,24 @@ def test_evaluate_membranes_rejects_bad_input():
     with pytest.raises(ValueError, match="binary"):
         evaluate_membranes(_grid(1).astype(np.uint8) * 255, _grid(1))
     assert math.isfinite(evaluate_membranes(_grid(1), ~_grid(1))["v_rand"])
+
+
+def test_evaluate_cells_scores_labels_as_they_are():
+    """Un-thinned: a drawn membrane inside a true cell costs split score; covering labels score 1."""
+    from biounet.metrics import evaluate_cells
+
+    truth = np.ones((4, 6), bool)
+    truth[:, 3] = False  # truth: cells of 12 px (columns 0-2) and 8 px (4-5); the membrane column is ignored
+    perfect = np.where(np.arange(6)[None, :] < 3, 1, 2).repeat(4, 0)
+    assert evaluate_cells(truth, perfect)["v_rand"] == pytest.approx(1.0)
+    drawn = perfect.copy()
+    drawn[:, 2] = 0  # a drawn membrane: column 2 of the left cell unassigned, 4 singletons
+    s = evaluate_cells(truth, drawn)
+    # by hand over the 20 scored px: left cell = 8 px together + 4 singletons, right cell = 8 px together
+    n = 20
+    sum_p2 = (8**2 + 4 * 1 + 8**2) / n**2
+    split = sum_p2 / ((12**2 + 8**2) / n**2)  # 132 / 208
+    merge = sum_p2 / ((8**2 + 4 * 1 + 8**2) / n**2)  # 1: no predicted segment spans two cells
+    assert merge == 1.0 and split == pytest.approx(132 / 208)
+    assert s["v_rand_split"] == pytest.approx(split) and s["v_rand_merge"] == pytest.approx(merge)
+    assert s["v_rand"] == pytest.approx(2 * split * merge / (split + merge)) and s["n_slices"] == 1

@@ -12,6 +12,7 @@ from biounet.config import PostConfig
 from biounet.data.targets import border_target
 from biounet.io import open_array
 from biounet.postprocess import (
+    cells_from_membrane,
     blockwise_layout,
     label_blockwise,
     connected_components,
@@ -292,3 +293,18 @@ def test_blockwise_layout_halo_keeps_big_touching_objects_whole():
         mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (d // 2) ** 2
     _, halo = blockwise_layout(d)
     assert same_partition(split_touching(mask), label_blockwise(mask, split_touching, block=200, halo=halo))
+
+
+# ---- EM cells from a membrane probability -------------------------------------------
+def test_cells_from_membrane_covers_every_pixel_and_splits_at_the_ridge():
+    prob = np.full((20, 30), 0.1, np.float32)
+    prob[:, 14:16] = 0.9  # a membrane column: two cells
+    prob[5, 5] = 0.95  # a lone bright speck inside a cell is not a membrane
+    cells = cells_from_membrane(prob, PostConfig(threshold=0.5, min_size=10))
+    assert cells.dtype == np.int32 and cells.min() == 1 and cells.max() == 2  # no background, two cells
+    assert (cells[:, :14] == cells[0, 0]).all() and (cells[:, 16:] == cells[0, 29]).all()
+    # a seed smaller than min_size joins its neighbour instead of becoming a cell
+    prob[2:4, 25:27] = 0.95
+    prob[3, 26] = 0.2  # a 1-pixel "cell" inside the speck
+    assert cells_from_membrane(prob, PostConfig(threshold=0.5, min_size=10)).max() == 2
+    assert (cells_from_membrane(np.ones((4, 4), np.float32), PostConfig()) == 1).all()  # no seed: one cell

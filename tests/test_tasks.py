@@ -103,7 +103,7 @@ def test_nuclei_targets_follow_data_target_and_fraction():
     ({"task": "binary", "data": {"target": "contour3"}}, "task 'binary': needs data.target = 'binary', got 'contour3'"),
     ({"task": "nuclei", "model": {"out_channels": 1}}, "task 'nuclei': needs model.out_channels = 3, got 1"),
     ({"task": "nuclei", "train": {"loss": "bce_dice"}}, "train.loss = 'bce_dice' does not fit a 3-channel softmax head"),
-    ({"task": "membrane", "post": {"mode": "instances"}}, "task 'membrane': needs post.mode = 'mask', got 'instances'"),
+    ({"task": "membrane", "model": {"out_channels": 2}}, "task 'membrane': needs model.out_channels = 1, got 2"),
     ({"task": "binary", "model": {"out_channels": 2}}, "train.loss = 'bce_dice' does not fit a 2-channel softmax head"),
     ({"task": "nuclei", "train": {"class_weights": [1, 2]}}, "class_weights needs one weight per class"),
     ({"task": "nuclei", "train": {"class_weights": [0, 0, 0]}}, "must not all be 0"),

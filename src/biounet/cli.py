@@ -66,6 +66,7 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
+    instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to 2048x2048, tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
@@ -90,6 +91,10 @@ def predict(
     options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
                    diameter=diameter, progress=verbose, fast=fast, backend=backend, compile=compile_)
     seg = _run(load_model, model, device=device, options=options)
+    if instances:
+        import dataclasses
+
+        seg = dataclasses.replace(seg, post=dataclasses.replace(seg.post, mode="instances"))
     files = _run(expand_inputs, [str(p) for p in inputs])
     mine = files[rank::world]  # under torchrun each process takes every world-th file
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)

@@ -4,7 +4,8 @@ Three pairings, chosen from what ``truth`` is:
 
 * a TIFF stack (ISBI 2012 labels, 0 = membrane): ``pred`` is a mask stack
   (uint8, 255 = membrane) or a float membrane-probability stack -> pixel error,
-  Dice/IoU and V-Rand/V-Info on cell regions;
+  Dice/IoU and V-Rand/V-Info on cell regions (thinned, as the leaderboard); or a
+  cell-label stack (uint16/32, ``predict --instances``) -> V-Rand/V-Info as they are;
 * a DSB 2018 folder or zip: ``pred`` is a folder of ``<ImageId>.tif`` instance
   labels -> DSB score, AP@0.5, AP@0.75, counts;
 * a folder of label images: paired by file stem with ``pred`` -> as for DSB.
@@ -28,11 +29,14 @@ def membrane_cells(pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def evaluate_stacks(truth_path: Path, pred_path: Path) -> dict:
-    from .metrics.em import evaluate_membranes
+    """Membrane masks / probabilities: the leaderboard's thinned scores; cell labels (uint16+): as they are."""
+    from .metrics.em import evaluate_cells, evaluate_membranes
 
     truth, pred = read_stack(truth_path), read_stack(pred_path)
     if truth.shape[:3] != pred.shape[:3]:
         raise InputError(f"{pred_path}: shape {pred.shape[:3]} does not match truth {truth_path} {truth.shape[:3]}")
+    if np.issubdtype(pred.dtype, np.integer) and pred.dtype.itemsize > 1:  # predict --instances
+        return {"images": int(truth.shape[0]), **evaluate_cells(truth != 0, pred)}
     return {"images": int(truth.shape[0]), **evaluate_membranes(truth != 0, membrane_cells(pred))}
 
 

@@ -174,6 +174,25 @@ def instances_from_prob(prob: NDArray, cfg: PostConfig, h: float = 2.0) -> NDArr
     return _finish(labels, cfg)
 
 
+def cells_from_membrane(prob: NDArray, cfg: PostConfig) -> NDArray[np.int32]:
+    """EM cell instances ``(H, W)`` int32 from a membrane probability ``(H, W)``: every pixel gets a cell.
+
+    Seeds are the 4-connected components of ``prob < cfg.threshold`` (cell
+    interiors) of at least ``cfg.min_size`` pixels; a watershed of ``prob``
+    from them assigns every pixel, membranes included, to the cell whose basin
+    it drains to, so cells meet along the membrane's ridge with zero-width
+    boundaries (the label image a connectomics tool expects). Specks below
+    ``min_size`` join their neighbours instead of becoming cells. An image with
+    no seed is one cell.
+    """
+    prob = _check_2d(prob, "membrane probability")
+    seeds = measure.label(prob < cfg.threshold, connectivity=1).astype(np.int32)
+    seeds = remove_small(seeds, cfg.min_size)
+    if not seeds.any():
+        return np.ones(prob.shape, np.int32)
+    return relabel_sequential(segmentation.watershed(prob, markers=seeds))
+
+
 def _foreground_prob(probs: NDArray) -> NDArray:
     """``(H, W)`` foreground probability from ``(H, W)``, ``(1, H, W)`` or softmax ``(C, H, W)``."""
     probs = np.asarray(probs)

@@ -143,11 +143,18 @@ class MembraneTask(Task):
     def check(self) -> None:
         self._require("data.target", self.cfg.data.target, ("membrane",))
         self._require("model.out_channels", self.cfg.model.out_channels, (1,))
-        self._require("post.mode", self.cfg.post.mode, ("mask",))
         super().check()
 
     def target(self, labels: np.ndarray) -> np.ndarray:
         return (labels == 0).astype(np.float32)
+
+    def segment(self, probs: np.ndarray, post: PostConfig) -> np.ndarray:
+        """A membrane mask (uint8, 255 = membrane) or, with ``post.mode = "instances"``, cell labels."""
+        from .postprocess import cells_from_membrane, segment
+
+        if post.mode == "instances":
+            return cells_from_membrane(np.asarray(probs).reshape(np.shape(probs)[-2:]), post)
+        return segment(probs, post)
 
     def weight_objects(self, labels: np.ndarray) -> np.ndarray:
         from skimage.measure import label
@@ -155,14 +162,16 @@ class MembraneTask(Task):
         return label(labels != 0, connectivity=1)
 
     def image_score(self, labels: np.ndarray, output: np.ndarray) -> float:
-        from .metrics.em import evaluate_membranes
-
-        return evaluate_membranes(labels != 0, output == 0)["v_rand"]
+        return self.scores([labels], [output])["v_rand"]
 
     def scores(self, labels: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
-        from .metrics.em import evaluate_membranes
+        """Masks: the leaderboard's thinned scores; cell labels (instances): scored as they are."""
+        from .metrics.em import evaluate_cells, evaluate_membranes
 
-        return evaluate_membranes(np.stack([lab != 0 for lab in labels]), np.stack([o == 0 for o in outputs]))
+        truth = np.stack([lab != 0 for lab in labels])
+        if outputs[0].dtype != np.uint8:  # cell labels, not a 255 = membrane mask
+            return evaluate_cells(truth, np.stack(outputs))
+        return evaluate_membranes(truth, np.stack([o == 0 for o in outputs]))
 
 
 class NucleiTask(Task):

@@ -2,7 +2,7 @@
 
 Pure functions on numpy arrays; nothing here reads files or needs the model.
 """
-from .em import RandInfo, cells_from_membrane_mask, em_scores, evaluate_membranes, v_info, v_rand
+from .em import RandInfo, cells_from_membrane_mask, em_scores, evaluate_cells, evaluate_membranes, v_info, v_rand
 from .instance import (
     DSB_THRESHOLDS,
     Matching,
@@ -26,6 +26,7 @@ __all__ = [
     "em_scores",
     "evaluate_instances",
     "evaluate_membranes",
+    "evaluate_cells",
     "iou",
     "iou_matrix",
     "match",

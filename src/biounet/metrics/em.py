@@ -204,3 +204,29 @@ def evaluate_membranes(truth_cells: np.ndarray, pred_cells: np.ndarray) -> dict[
     result: dict[str, float | int] = {key: float(np.mean(vals)) for key, vals in per_slice.items()}
     result["n_slices"] = int(truth_cells.shape[0])
     return result
+
+
+def evaluate_cells(truth_cells: np.ndarray, pred_labels: np.ndarray) -> dict[str, float | int]:
+    """ISBI 2012 scores of predicted cell *labels*, un-thinned: (N, H, W) or (H, W).
+
+    ``truth_cells`` as in :func:`evaluate_membranes` (True = cell); truth
+    segments are its 4-connected components. ``pred_labels`` are scored as
+    they are: no growing over boundaries, and any 0 pixel inside a true cell is
+    an unassigned singleton (a drawn membrane costs split score). Every score
+    is the mean over slices; ``n_slices`` says how many.
+    """
+    truth_cells = _as_mask(truth_cells, "truth_cells")
+    pred_labels = np.asarray(pred_labels)
+    if truth_cells.shape != pred_labels.shape:
+        raise ValueError(f"shape mismatch: truth has shape {truth_cells.shape}, pred has shape {pred_labels.shape}")
+    if truth_cells.ndim == 2:
+        truth_cells, pred_labels = truth_cells[None], pred_labels[None]
+    keys = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge")
+    per_slice: dict[str, list[float]] = {k: [] for k in keys}
+    for t, p in zip(truth_cells, pred_labels):
+        scores = em_scores(_components(t), p)
+        for k in keys:
+            per_slice[k].append(getattr(scores, k))
+    result: dict[str, float | int] = {k: float(np.mean(v)) for k, v in per_slice.items()}
+    result["n_slices"] = int(truth_cells.shape[0])
+    return result
