@@ -42,7 +42,7 @@ def test_predict_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     bad.write_bytes(b"\x89PNG garbage")
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(bad)])
     assert res.exit_code == 2
-    assert "broken.png: cannot read image" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "broken.png: cannot read image" in res.output and "1 image(s) failed" in res.output
     assert not (tmp_path / "o" / "broken.tif").exists()
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(tmp_path / "empty")])
@@ -53,6 +53,58 @@ def test_predict_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     tifffile.imwrite(rgb, np.zeros((8, 8, 5), np.uint8), photometric="minisblack", planarconfig="contig")
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(rgb)])
     assert res.exit_code == 2 and "rgba4.tif" in res.output
+
+
+def test_a_bad_file_does_not_stop_the_batch_and_outputs_are_checked_first(tiny_run, tmp_path):
+    """#14: bad files are listed at the end; clashing names, an --out file and existing outputs are refused."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    good = tmp_path / "a" / "x.tif"
+    tifffile.imwrite(good, np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8))
+    bad = tmp_path / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(bad), str(good)])
+    assert res.exit_code == 2 and "1 image(s) -> " in res.output and "1 image(s) failed" in res.output
+    assert (tmp_path / "o" / "x.tif").is_file()  # the good image after the bad one was predicted
+    # existing outputs: refused, resumed, or replaced
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(good)])
+    assert res.exit_code == 2 and "x.tif: exists" in res.output and "--overwrite" in res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--skip-existing", str(good)])
+    assert res.exit_code == 0 and "skipping 1 image(s)" in res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--overwrite", str(good)])
+    assert res.exit_code == 0
+    # two inputs, one output name: refused before anything runs
+    other = tmp_path / "b" / "x.png"
+    import imageio.v3 as iio
+
+    iio.imwrite(other, np.zeros((8, 8), np.uint8))
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o2"), str(good), str(other)])
+    assert res.exit_code == 2 and "would write x.tif" in res.output and not (tmp_path / "o2" / "x.tif").exists()
+    # --out naming a file: one line, no traceback
+    (tmp_path / "file").write_text("")
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "file"), str(good)])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {tmp_path / 'file'}: --out is an existing file; give a folder"
+
+
+def test_submit_after_predict_with_overlays(tmp_path):
+    """#14: `predict --overlays` then `submit` on the same folder reads only the label images."""
+    labels = np.zeros((6, 5), np.uint16)
+    labels[1:3, 1:3] = 1
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "lab" / "img1.tif", labels)
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "lab" / "img1_overlay.png", np.zeros((6, 5, 3), np.uint8))
+    res = runner.invoke(app, ["submit", "--out", str(tmp_path / "sub.csv"), str(tmp_path / "lab")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sub.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "img1,8 2 14 2"]
+
+
+def test_version():
+    from biounet import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"biounet {__version__}"
 
 
 def test_evaluate_stacks_prints_and_writes_json(stack_files, tmp_path):
@@ -170,3 +222,47 @@ def test_predict_instances_from_a_membrane_model_and_evaluate_them(tiny_run, sta
     res = runner.invoke(app, ["evaluate", "--truth", str(labels), "--pred", str(tmp_path / "o" / "vol.tif")])
     assert res.exit_code == 0, res.output
     assert "v_rand" in res.output and "pixel_error" not in res.output  # labels are scored as labels
+
+
+def test_train_refuses_to_replace_a_run_and_guesses_folder_data(stack_files, tmp_path):
+    """#14: an existing run is not silently replaced; --data imgs/ --labels masks/ needs no data.kind."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", "x.tif", "-o", str(run)])
+    assert res.exit_code == 2 and "already holds a run; --resume continues it, --overwrite starts again" in res.output
+    from biounet.data.dataset import guess_kind
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    assert guess_kind(tmp_path / "imgs", tmp_path / "masks") == "folders"
+    assert guess_kind("stage1_train.zip") == "dsb" and guess_kind("vol.tif", "lab.tif") == "stack"
+    assert guess_kind("ann.json") == "coco" and guess_kind(tmp_path / "imgs") is None
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        iio.imwrite(tmp_path / "imgs" / f"i{i}.png", img)
+        iio.imwrite(tmp_path / "masks" / f"i{i}.png", ((img > 128) * 255).astype(np.uint8))
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", str(tmp_path / "imgs"), "--labels",
+                              str(tmp_path / "masks"), "-o", str(tmp_path / "r2"), "--epochs", "1", "--quiet",
+                              "--set", "data.patch_size=32", "--set", "data.patches_per_epoch=4",
+                              "--set", "model.base_features=4", "--set", "model.depth=2"])
+    assert res.exit_code == 0, res.output
+
+
+def test_train_fails_at_start_on_a_bad_validation_pair(tmp_path):
+    """#14: a mask/image size mismatch in a validation image surfaces before the first epoch."""
+    import imageio.v3 as iio
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        iio.imwrite(tmp_path / "imgs" / f"i{i}.png", np.zeros((32, 32), np.uint8))
+        iio.imwrite(tmp_path / "masks" / f"i{i}.png", np.zeros((32, 32 if i != 2 else 30), np.uint8))
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", str(tmp_path / "imgs"), "--labels",
+                              str(tmp_path / "masks"), "-o", str(tmp_path / "r"), "--epochs", "50", "--quiet",
+                              "--set", "data.val_indices=[2]", "--set", "model.base_features=4"])
+    assert res.exit_code == 2 and "i2.png: mask size (32, 30) != image size (32, 32)" in res.output
+    assert not (tmp_path / "r" / "history.jsonl").exists()

@@ -66,3 +66,28 @@ def test_skip_missing_scores_only_predicted_images(tmp_path):
     tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
     summary, rows = evaluate_paths(tmp_path / "stage", tmp_path / "pred", skip_missing=True)
     assert [r["name"] for r in rows] == ["a"] and summary["dsb_score"] == 1.0
+    assert summary["skipped_missing"] == 1 and summary["unmatched_predictions"] == 0
+    # a prediction with no truth image is counted, not silently ignored (its overlay picture is not)
+    tifffile.imwrite(tmp_path / "pred" / "zzz.tif", truth)
+    tifffile.imwrite(tmp_path / "pred" / "a_overlay.png", np.zeros((8, 8, 3), np.uint8))
+    summary, _ = evaluate_paths(tmp_path / "stage", tmp_path / "pred", skip_missing=True)
+    assert summary["unmatched_predictions"] == 1
+
+
+def test_cli_warns_about_skipped_and_unmatched_images(tmp_path):
+    from typer.testing import CliRunner
+
+    from biounet.cli import app
+
+    truth = np.zeros((8, 8), np.uint16)
+    truth[1:4, 1:4] = 1
+    _dsb_folder(tmp_path / "stage", "a", truth)
+    _dsb_folder(tmp_path / "stage", "b", truth)
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
+    tifffile.imwrite(tmp_path / "pred" / "extra.tif", truth)
+    res = CliRunner().invoke(app, ["evaluate", "--truth", str(tmp_path / "stage"), "--pred", str(tmp_path / "pred"),
+                                   "--skip-missing"])
+    assert res.exit_code == 0, res.output
+    assert "1 truth image(s) had no prediction and were skipped" in res.output
+    assert "1 prediction(s)" in res.output and "have no truth image" in res.output

@@ -96,5 +96,18 @@ def test_lazy_view_windows_equal_the_whole_network_input(mode):
 
 
 def test_view_refuses_a_channel_count_it_cannot_map_naming_the_file():
-    with pytest.raises(InputError, match="x.tif: has 4 channels but the model expects 1"):
-        NormalizedView(np.zeros((8, 8, 4), np.uint8), "percentile", 1, "x.tif")
+    with pytest.raises(InputError, match="x.tif: has 3 channels but the model expects 2"):
+        NormalizedView(np.zeros((8, 8, 3), np.uint8), "percentile", 2, "x.tif")
+
+
+def test_arrays_get_what_files_get_rgba_loses_alpha_and_stacks_are_named():
+    """#14: the Python API took RGBA arrays the CLI accepts as '4 channels', and read (Z, H, W) as channels."""
+    rgb = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((16, 16, 1), 255, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(np.asarray(NormalizedView(rgba, "percentile", 1)),
+                                  np.asarray(NormalizedView(rgb, "percentile", 1)))
+    gray_alpha = np.stack([rgb[..., 0], rgb[..., 1]], axis=-1)
+    np.testing.assert_array_equal(np.asarray(NormalizedView(gray_alpha, "percentile", 1)),
+                                  np.asarray(NormalizedView(rgb[..., 0], "percentile", 1)))
+    with pytest.raises(InputError, match=r"stack.tif: shape \(25, 64, 64\) looks like a stack of 25 pages"):
+        NormalizedView(np.zeros((25, 64, 64), np.uint8), "percentile", 1, "stack.tif")

@@ -22,6 +22,21 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"biounet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """U-Net segmentation for microscopy and EM images: predict, train, evaluate, submit."""
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
@@ -73,7 +88,9 @@ def predict(
     diameter: Optional[float] = typer.Option(
         None, help="Typical object diameter (px) in these images; rescales them to the model's training scale."),
     batch_size: int = typer.Option(0, help="Tiles per forward pass (0 = 1 on CPU, 4 on GPU)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("auto", help="auto (a GPU when present, else cpu), cpu, cuda, cuda:1, ..."),
+    overwrite: bool = typer.Option(False, help="Replace outputs that already exist (default: refuse)."),
+    skip_existing: bool = typer.Option(False, help="Skip inputs whose output exists (resume a batch)."),
     fast: bool = typer.Option(True, help="Batch norm folded into the convolutions, channels-last layout."),
     backend: str = typer.Option("torch", help="torch, onnxruntime (pip install 'biounet[onnx]') or auto."),
     threads: int = typer.Option(0, help="CPU threads (0 = one per core available to this process)."),
@@ -82,38 +99,66 @@ def predict(
 ) -> None:
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
+    from .io import InputError
     from .predict import OutputOptions, PredictOptions, expand_inputs, load_model, predict_file
 
     rank, world, local_world = _distributed()
     _set_threads(threads, share=local_world)
+    files = _run(expand_inputs, [str(p) for p in inputs])
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and world > 1 and ":" not in device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
-                   diameter=diameter, progress=verbose, fast=fast, backend=backend, compile=compile_)
+                   diameter=diameter, progress=verbose or len(files) == 1, fast=fast, backend=backend,
+                   compile=compile_)
     seg = _run(load_model, model, device=device, options=options)
     if instances:
         import dataclasses
 
         seg = dataclasses.replace(seg, post=dataclasses.replace(seg.post, mode="instances"))
-    files = _run(expand_inputs, [str(p) for p in inputs])
-    mine = files[rank::world]  # under torchrun each process takes every world-th file
+    from .predict import check_outputs
+
+    todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
+    if len(todo) < len(files):
+        typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
+    mine = todo[rank::world]  # under torchrun each process takes every world-th file
     opts = OutputOptions(probabilities=probabilities, overlays=overlays)
     from tqdm.auto import tqdm
 
+    failed: list[str] = []
     for path in tqdm(mine, desc="images", disable=len(mine) < 2 or rank > 0):
-        written = _run(predict_file, seg, path, out, opts)
+        try:
+            written = predict_file(seg, path, out, opts)
+        except InputError as exc:  # one bad file does not stop the batch
+            failed.append(str(exc))
+            continue
+        except OSError as exc:  # disk full, permissions: name the file, keep the rest going
+            failed.append(f"{path}: {exc.strerror or exc}")
+            continue
         for w in written:
             logging.getLogger("biounet").info("wrote %s", w)
+    done = len(mine) - len(failed)
     if world > 1:
         import torch.distributed as dist
 
-        counts = [0] * world
-        dist.all_gather_object(counts, len(mine))
+        counts, failures = [0] * world, [None] * world
+        dist.all_gather_object(counts, done)
+        dist.all_gather_object(failures, failed)
         dist.destroy_process_group()
+        failed = [f for part in failures for f in part]
         if rank == 0:
             typer.echo(f"{sum(counts)} image(s) -> {out}/ ({world} processes: {', '.join(map(str, counts))})")
-        return
-    typer.echo(f"{len(files)} image(s) -> {out}/")
+    else:
+        typer.echo(f"{done} image(s) -> {out}/")
+    if failed:
+        if rank == 0:
+            typer.echo(f"error: {len(failed)} image(s) failed:", err=True)
+            for line in failed:
+                typer.echo(f"  {line}", err=True)
+        raise typer.Exit(2)
 
 
 def _set_threads(threads: int, share: int = 1) -> None:
@@ -167,6 +212,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
     seed: Optional[int] = typer.Option(None, help="Override train.seed."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last.pt."),
+    overwrite: bool = typer.Option(False, help="Start again in an --out that already holds a run."),
     set_: List[str] = typer.Option([], "--set", help="Any override, e.g. --set train.lr=1e-4 (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -183,7 +229,15 @@ def train(
         cfg = _run(build_config, {"task": task})
     else:
         _fail("give --config or --task (or --resume to continue the run in --out)")
+    if not resume and not overwrite and (out / "config.json").exists():
+        _fail(f"{out}: already holds a run; --resume continues it, --overwrite starts again")
     overrides = list(set_)
+    if data is not None and not any(o.startswith("data.kind=") for o in overrides):
+        from .data.dataset import guess_kind
+
+        kind = guess_kind(data, labels)
+        if kind:
+            overrides.append(f"data.kind={kind}")
     if data is not None:
         overrides.append(f"data.images={data}")
     if labels is not None:
@@ -213,6 +267,12 @@ def evaluate(
 
     summary, rows = _run(evaluate_paths, truth, pred, skip_missing)
     typer.echo(format_table(summary))
+    if summary.get("skipped_missing"):
+        typer.echo(f"warning: {summary['skipped_missing']} truth image(s) had no prediction and were skipped",
+                   err=True)
+    if summary.get("unmatched_predictions"):
+        typer.echo(f"warning: {summary['unmatched_predictions']} prediction(s) in {pred} have no truth image "
+                   "and were not scored", err=True)
     from .checkpoint import write_json
 
     if json_out:
@@ -232,7 +292,9 @@ def submit(
     from .export import write_submission
     from .io import list_images, read_image
 
-    files = _run(list_images, labels)
+    files = [p for p in _run(list_images, labels) if not p.stem.endswith("_overlay")]  # predict --overlays pictures
+    if not files:
+        _fail(f"{labels}: no label images (only *_overlay pictures)")
     rows = ((p.stem, _run(read_image, p)) for p in files)
     _run(write_submission, out, rows)
     typer.echo(f"{len(files)} images -> {out}")

@@ -85,12 +85,33 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
                 raise InputError(f"{pred}/{name}.tif: size {p.shape} != truth size {t.shape}")
             yield name, t, p
 
+    scored: list[str] = []
+
+    def counted():
+        for name, t, p in checked():
+            scored.append(name)
+            yield name, t, p
+
     try:
-        return evaluate_instances(checked())
+        summary, rows = evaluate_instances(counted())
     except InputError:
         raise  # already names its file
     except ValueError as exc:  # no pairs, float or negative labels: the user's files, so name them
         raise InputError(f"{pred}: {exc}") from None
+    predicted = {p.stem for p in pred.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")
+                 and not p.stem.endswith("_overlay")}
+    summary["skipped_missing"] = _count_truth(truth) - len(scored) if skip_missing else 0
+    summary["unmatched_predictions"] = len(predicted - set(scored))
+    return summary, rows
+
+
+def _count_truth(truth: Path) -> int:
+    """How many truth images a folder, DSB folder or zip holds (those with masks, for DSB)."""
+    if truth.suffix.lower() == ".zip" or (truth.is_dir() and (any(truth.glob("*/masks")) or any(truth.glob("*/*/masks")))):
+        from .data.dsb import list_dsb_items
+
+        return sum(1 for item in list_dsb_items(truth) if item.has_masks)
+    return len(list_images(truth))
 
 
 def format_table(summary: dict) -> str:

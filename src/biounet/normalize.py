@@ -113,6 +113,24 @@ def network_input(image: np.ndarray, mode: str, channels: int, name: str = "imag
     return match_channels(normalize(image, mode), channels, name)
 
 
+def drop_alpha(image: Any, name: str = "image") -> Any:
+    """(H, W, 4) RGBA -> RGB and (H, W, 2) gray+alpha -> gray, as the file readers do; stacks are refused.
+
+    Arrays handed to the Python API get the same treatment as files, and a
+    (Z, H, W) stack (more than 4 trailing "channels") is named as one.
+    """
+    if image.ndim == 3 and image.shape[2] == 4:
+        return image[..., :3]
+    if image.ndim == 3 and image.shape[2] == 2:
+        return image[..., 0]
+    if image.ndim == 3 and image.shape[2] > 4:
+        raise InputError(f"{name}: shape {tuple(image.shape)} looks like a stack of {image.shape[0]} pages, "
+                         f"not an (H, W, C) image; predict one page at a time")
+    if image.ndim not in (2, 3):
+        raise InputError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
+    return image
+
+
 class NormalizedView:
     """A raw (H, W[, C]) image seen as :func:`network_input` in (C, H, W) layout, computed per window.
 
@@ -122,6 +140,7 @@ class NormalizedView:
     """
 
     def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
+        raw = drop_alpha(raw, name)
         self.raw, self.channels, self.name = raw, channels, name
         self.offset, self.scale = norm_params(raw, mode)
         self.shape = (channels, raw.shape[0], raw.shape[1])

@@ -318,6 +318,44 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+def output_path(path: Path, out_dir: Path) -> Path:
+    """Where ``predict`` writes the result for input ``path``."""
+    return Path(out_dir) / f"{Path(path).stem}.tif"
+
+
+def check_outputs(files: list[Path], out_dir: Path, overwrite: bool = False, skip_existing: bool = False) -> list[Path]:
+    """The inputs to predict, after checking their outputs can be written; one-line errors otherwise.
+
+    Runs before any model does: two inputs with one output name, an ``out_dir``
+    that is a file or not writable, and outputs that exist (unless
+    ``overwrite``, or ``skip_existing`` which drops those inputs) are refused.
+    """
+    import os
+
+    out_dir = Path(out_dir)
+    seen: dict[Path, Path] = {}
+    for f in files:
+        dest = output_path(f, out_dir)
+        if dest in seen:
+            raise InputError(f"{f}: would write {dest.name} like {seen[dest]}; predict them into separate --out folders")
+        seen[dest] = f
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: --out is an existing file; give a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(f"{out_dir}: output folder is not writable")
+    existing = [f for f in files if output_path(f, out_dir).exists()]
+    if existing and skip_existing:
+        return [f for f in files if f not in set(existing)]
+    if existing and not overwrite:
+        raise InputError(f"{output_path(existing[0], out_dir)}: exists ({len(existing)} output(s) in all); "
+                         "use --overwrite to replace or --skip-existing to resume")
+    return list(files)
+
+
 def _result(seg: Segmenter, probs: np.ndarray, opts: OutputOptions) -> np.ndarray:
     if opts.probabilities:
         return probs[0] if probs.shape[0] == 1 else probs
@@ -339,10 +377,10 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions)
     out_dir = Path(out_dir)
     lazy = open_lazy(path)
     if lazy is not None and lazy.shape[0] * lazy.shape[1] > STREAM_PIXELS:
-        return predict_large(seg, lazy, out_dir / f"{path.stem}.tif", opts, str(path))
+        return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path))
     stack = read_stack(path)
     results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
-    written = [write_image(out_dir / f"{path.stem}.tif", np.stack(results) if len(results) > 1 else results[0])]
+    written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0])]
     if opts.overlays:
         from .overlay import overlay
 

@@ -131,6 +131,8 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     task = get_task(cfg)
 
     train_items, val_items = split_items(items_from_config(cfg.data), cfg.data, cfg.train.seed)
+    for item in val_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
+        item.load()
     model = build_model(cfg.model)
     if cfg.train.init_weights and not resume:
         checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)

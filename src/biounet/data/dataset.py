@@ -104,6 +104,24 @@ def coco_items(json_path: str | Path, image_root: str = "") -> list[Item]:
     return [Item(Path(i.file_name).stem, "coco", str(i.image_path), extra=i) for i in items]
 
 
+def guess_kind(images: str | Path, labels: str | Path | None = None) -> str | None:
+    """The ``data.kind`` a user means by ``--data`` (and ``--labels``), or None when it is not clear.
+
+    A zip or a folder of ``<id>/images`` + ``<id>/masks`` is DSB; two folders are
+    image/mask folders; a ``.json`` is COCO; two TIFF files are stacks.
+    """
+    images = Path(images)
+    if images.suffix.lower() == ".zip" or (images.is_dir() and any(images.glob("*/masks"))):
+        return "dsb"
+    if images.suffix.lower() == ".json":
+        return "coco"
+    if images.is_dir() and labels is not None and Path(labels).is_dir():
+        return "folders"
+    if images.suffix.lower() in (".tif", ".tiff") and labels is not None:
+        return "stack"
+    return None
+
+
 def items_from_config(cfg: DataConfig) -> list[Item]:
     if not cfg.images:
         raise InputError("data.images is not set (give --data or set it in the config)")
