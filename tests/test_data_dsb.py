@@ -225,3 +225,12 @@ def test_real_stage1_train_zip() -> None:
     image, labels = load_dsb_pair(items[0])
     assert image.shape[:2] == labels.shape and image.shape[2] == 3 and image.dtype == np.uint8
     assert labels.max() == len(items[0].masks)
+
+
+def test_an_all_zero_nucleus_mask_is_named_not_silent(tmp_path, caplog) -> None:
+    """#14: an empty mask file used to be accepted without a word."""
+    masks = [_mask(slice(0, 3), slice(0, 3)), np.zeros((H, W), np.uint8)]
+    (item,) = list_dsb_items(write_dsb_folder(tmp_path / "s", {"fff": (_rgba(5), masks)}))
+    with caplog.at_level(logging.WARNING, logger="biounet.data.dsb"):
+        labels = load_dsb_labels(item)
+    assert labels.max() == 1 and "mask is empty (no nucleus pixel)" in caplog.text and "fff" in caplog.text

@@ -59,3 +59,25 @@ def test_write_stack_round_trip(tmp_path):
     arr = np.random.default_rng(0).random((2, 6, 5)).astype(np.float32)
     write_image(tmp_path / "p.tif", arr)
     assert np.array_equal(read_stack(tmp_path / "p.tif"), arr)
+
+
+def test_decompression_bomb_is_refused_by_its_header_with_the_reason(tmp_path):
+    """#14: a PNG claiming 100000 x 100000 pixels is refused before allocation, and the message says why."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"bomb.png: cannot read image \(refused: the header claims more pixels") as err:
+        read_image(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "decompression bomb" in str(err.value) and "\n" not in str(err.value)
+    assert peak < 50 * 2**20  # 10^10 pixels were never allocated

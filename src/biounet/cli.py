@@ -249,7 +249,17 @@ def train(
     cfg = _run(apply_overrides, cfg, overrides)
     from .train import train as run_training
 
-    result = _run(run_training, cfg, out, resume=resume, progress=not quiet)
+    try:
+        result = _run(run_training, cfg, out, resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        # last.pt is written atomically after every epoch, so the run resumes from the last whole one
+        from .checkpoint import STATE, load_state
+
+        state = out / STATE
+        done = load_state(state)["epoch"] + 1 if state.is_file() else 0
+        typer.echo(f"\ninterrupted: {out}/{STATE} holds epoch {done} of {cfg.train.epochs}; "
+                   f"continue with: biounet train --out {out} --resume", err=True)
+        raise typer.Exit(130)
     typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in (result or {}).items() if isinstance(v, float)))
 
 

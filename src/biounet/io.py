@@ -67,7 +67,15 @@ def read_stack(path: str | Path) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The root cause of a decoder failure in one line (imageio wraps Pillow's own error)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or inner is exc:
+            break
+        exc = inner
     text = str(exc).strip().splitlines()
+    if type(exc).__name__ == "DecompressionBombError":
+        return f"refused: the header claims more pixels than any image this tool reads ({text[0] if text else ''})"
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 

@@ -132,6 +132,8 @@ def load_dsb_labels(item: DsbItem, shape: tuple[int, int] | None = None) -> np.n
                 f"{item.describe(member)}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}"
             )
         fg = mask > 0
+        if not fg.any():  # an empty nucleus mask is a data error; training would learn nothing from it
+            log.warning("%s: mask is empty (no nucleus pixel)", item.describe(member))
         overlap += int(np.count_nonzero(labels[fg]))
         labels[fg] = i + 1
     if overlap:

@@ -1,0 +1,67 @@
+"""Training survives faults: SIGKILL mid-run then --resume ends exactly where an uninterrupted run ends; SIGINT says how to resume."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+
+def _config(tmp_path, stack_files, epochs: int):
+    vol, lab = stack_files
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'task = "membrane"\n[model]\nbase_features = 4\ndepth = 2\n[data]\nimages = "{vol}"\nlabels = "{lab}"\n'
+        "val_indices = [3]\npatch_size = 32\npatches_per_epoch = 24\n"
+        f'[train]\nepochs = {epochs}\nbatch_size = 4\nschedule = "cosine"\nthreads = 1\n'
+    )
+    return cfg
+
+
+def _train(cfg, out, *extra):
+    return [sys.executable, "-m", "biounet.cli", "train", "-c", str(cfg), "-o", str(out), "--quiet", *extra]
+
+
+def _wait_for_epochs(proc, history, n: int, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if history.is_file() and len(history.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be interrupted: {proc.stderr.read()[-500:]}")
+        time.sleep(0.02)
+    pytest.fail("training did not reach the epoch to interrupt")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(stack_files, tmp_path):
+    epochs = 6
+    cfg = _config(tmp_path, stack_files, epochs)
+    straight = subprocess.run(_train(cfg, tmp_path / "straight"), capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-1000:]
+    proc = subprocess.Popen(_train(cfg, tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, tmp_path / "killed" / "history.jsonl", 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)  # never half-written
+    assert state["epoch"] + 1 < epochs
+    resumed = subprocess.run(_train(cfg, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-1000:]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == epochs - 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not list((tmp_path / "killed").glob(".*tmp*"))  # no temporary files left behind
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(stack_files, tmp_path):
+    cfg = _config(tmp_path, stack_files, 40)
+    proc = subprocess.Popen(_train(cfg, tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, tmp_path / "run" / "history.jsonl", 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted:" in err and "--resume" in err and "Traceback" not in err
