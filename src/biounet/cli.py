@@ -293,6 +293,28 @@ def evaluate(
         write_rows_csv(per_image, rows)
 
 
+@app.command("check-data")
+def check_data(
+    data: str = typer.Argument(..., help="Training data: DSB zip/folder, image folder, TIFF stack, COCO JSON."),
+    labels: Optional[str] = typer.Option(None, help="Mask folder or label stack (for folders and stacks)."),
+    kind: Optional[str] = typer.Option(None, help="data.kind, if it cannot be guessed (stack, folders, dsb, coco)."),
+) -> None:
+    """Check a training set: unreadable files, size mismatches, duplicates, empty masks; a summary per modality."""
+    _setup_logging(False)
+    from .config import DataConfig, from_dict
+    from .data.check import check_items, format_report
+    from .data.dataset import guess_kind, items_from_config
+
+    kind = kind or guess_kind(data, labels)
+    if kind is None:
+        _fail(f"{data}: cannot tell what kind of data this is; give --kind (and --labels)")
+    cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or ""}, "data.")
+    report = check_items(_run(items_from_config, cfg))
+    typer.echo(format_report(report))
+    if not report.ok:
+        raise typer.Exit(2)
+
+
 @app.command()
 def submit(
     labels: Path = typer.Argument(..., help="Folder of instance label images (<ImageId>.tif)."),

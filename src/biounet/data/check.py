@@ -1,0 +1,100 @@
+"""Validate a training set before hours are spent on it (``biounet check-data``).
+
+Every image/label pair is loaded once, as training would load it. Errors
+(unreadable files, size mismatches, duplicate names, label images that are
+not integer labels) make the check fail; warnings (empty or overlapping DSB
+masks, images without any object) are listed. The summary says, per imaging
+modality, bit depth and channels, object counts and sizes, and the share of
+foreground pixels (class balance).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..io import InputError
+from .dataset import Item, modality
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_items` found; ``ok`` is False when any error was found."""
+
+    n_items: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    by_modality: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class _Collect(logging.Handler):
+    """Turns the data readers' warnings (overlapping or empty masks) into report lines."""
+
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+def check_items(items: list[Item]) -> CheckReport:
+    """Load every pair once and collect errors, warnings and per-modality statistics."""
+    report = CheckReport(n_items=len(items))
+    names = Counter(it.name for it in items)
+    report.errors += [f"{name}: {n} images share this name" for name, n in names.items() if n > 1]
+    stats: dict[str, dict] = {}
+    handler = _Collect(report.warnings)
+    logger = logging.getLogger("biounet.data")
+    logger.addHandler(handler)
+    try:
+        for item in items:
+            try:
+                img, lab = item.load()
+            except InputError as exc:
+                report.errors.append(str(exc))
+                continue
+            if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+                report.errors.append(f"{item.labels or item.name}: labels are {lab.dtype}, expected integer labels")
+                continue
+            s = stats.setdefault(modality(img), {"images": 0, "dtypes": Counter(), "channels": Counter(),
+                                                 "objects": [], "areas": [], "foreground": []})
+            s["images"] += 1
+            s["dtypes"][str(img.dtype)] += 1
+            s["channels"][1 if img.ndim == 2 else img.shape[2]] += 1
+            ids, areas = np.unique(lab[lab != 0], return_counts=True)
+            s["objects"].append(len(ids))
+            s["areas"].extend(areas.tolist())
+            s["foreground"].append(float((lab != 0).mean()))
+            if not len(ids):
+                report.warnings.append(f"{item.name}: no object in its labels")
+    finally:
+        logger.removeHandler(handler)
+    for kind, s in stats.items():
+        areas = np.asarray(s["areas"], float)
+        report.by_modality[kind] = {
+            "images": s["images"],
+            "dtype": ", ".join(f"{k} x{v}" for k, v in s["dtypes"].items()),
+            "channels": ", ".join(f"{k} x{v}" for k, v in s["channels"].items()),
+            "objects": int(sum(s["objects"])),
+            "objects per image (median)": float(np.median(s["objects"])),
+            "object area px (5/50/95 %)": "/".join(f"{v:.0f}" for v in np.percentile(areas, (5, 50, 95)))
+            if areas.size else "-",
+            "foreground share": float(np.mean(s["foreground"])),
+        }
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    lines = [f"{report.n_items} image(s) checked: {len(report.errors)} error(s), {len(report.warnings)} warning(s)"]
+    for kind, row in sorted(report.by_modality.items()):
+        lines.append(f"  {kind}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in row.items()))
+    lines += [f"error: {e}" for e in report.errors] + [f"warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
