@@ -77,3 +77,12 @@ def test_init_weights_starts_from_another_run(stack_files, tmp_path):
     train(second, tmp_path / "b", progress=False)  # lr 0: the weights stay those of run a
     a, b = load_model(tmp_path / "a").module.state_dict(), load_model(tmp_path / "b").module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_resume_with_more_epochs_continues_the_schedule_instead_of_restarting_it(stack_files, tmp_path):
+    """#14: `--resume --epochs 4` on a finished 2-epoch cosine run used to climb back to the start lr."""
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.lr": 0.01})
+    train(cfg, tmp_path / "run", progress=False)
+    train(apply_overrides(cfg, ["train.epochs=4"]), tmp_path / "run", resume=True, progress=False)
+    lrs = [h["lr"] for h in read_history(tmp_path / "run")]
+    assert len(lrs) == 4 and all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs

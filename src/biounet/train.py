@@ -285,6 +285,11 @@ def restore_state(run: Run, state: dict) -> None:
     run.model.load_state_dict(state["model"])
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
+    # --resume --epochs N changes the run's length: stretch the schedule from where it is, never restart it
+    if isinstance(run.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        run.sched.T_max = max(1, run.cfg.train.epochs, state["epoch"] + 1)
+    elif isinstance(run.sched, torch.optim.lr_scheduler.StepLR):
+        run.sched.step_size = max(1, run.cfg.train.epochs // 3)
     run.start_epoch, run.best, run.stale = state["epoch"] + 1, state["best"], state["stale"]
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(_numpy_state_from(state["numpy_rng"]))
