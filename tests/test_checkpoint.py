@@ -122,3 +122,32 @@ def test_ship_writes_a_loadable_model_folder_in_the_current_format(tiny_run, tmp
     img = np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)
     assert np.abs(a.predict(img) - b.predict(img)).max() < 1e-2  # fp16 parameters
     assert not list(dest.glob(".*"))  # no temporary files left
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """#14: the write fails (ENOSPC) -> the old last.pt is intact and no temporary file is left."""
+    import errno
+
+    save_state(tmp_path / "last.pt", {"epoch": 3, "t": torch.ones(2)})
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_state(tmp_path / "last.pt", {"epoch": 4, "t": torch.zeros(2)})
+    monkeypatch.undo()
+    assert load_state(tmp_path / "last.pt")["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_truncated_weights_are_a_clear_error(tmp_path):
+    net = UNet(ModelConfig(base_features=4, depth=2))
+    save_weights(tmp_path / "w.safetensors", net)
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"w.safetensors: cannot read weights") as err:
+        load_weights(tmp_path / "w.safetensors", net)
+    assert "\n" not in str(err.value)

@@ -234,3 +234,17 @@ def test_an_all_zero_nucleus_mask_is_named_not_silent(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="biounet.data.dsb"):
         labels = load_dsb_labels(item)
     assert labels.max() == 1 and "mask is empty (no nucleus pixel)" in caplog.text and "fff" in caplog.text
+
+
+def test_zip_entries_declaring_absurd_sizes_are_refused(tmp_path, monkeypatch) -> None:
+    """#14: a zip bomb entry (tiny compressed, huge declared) is refused before it is inflated."""
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("stage1_train/zzz/images/zzz.png", b"\0" * (8 * 2**20))  # 8 MiB of zeros, ~8 KB stored
+        zf.writestr("stage1_train/zzz/masks/m.png", b"\0" * 16)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(dsb, "MAX_ZIP_MEMBER", 2**20)
+    (item,) = list_dsb_items(path)
+    with pytest.raises(InputError, match=r"zzz.png: entry declares 8 MiB uncompressed \(limit 1 MiB\); refusing"):
+        load_dsb_image(item)
+    dsb._close_zips()

@@ -293,12 +293,20 @@ def _close_zips() -> None:
         _ZIP_CACHE.pop(key).close()
 
 
+MAX_ZIP_MEMBER = 256 * 2**20  # bytes; a DSB PNG is under 1 MB, so a larger entry is a zip bomb or not DSB
+
+
 def _read(item: DsbItem, member: str) -> np.ndarray:
     if not item.is_zip:
         return read_image(item.source / member)
     name = item.describe(member)
     try:
-        data = _open_zip(item.source).read(member)
+        zf = _open_zip(item.source)
+        size = zf.getinfo(member).file_size  # zipfile never inflates past the declared size
+        if size > MAX_ZIP_MEMBER:
+            raise InputError(f"{name}: entry declares {size / 2**20:.0f} MiB uncompressed "
+                             f"(limit {MAX_ZIP_MEMBER / 2**20:.0f} MiB); refusing a possible zip bomb")
+        data = zf.read(member)
     except KeyError:
         raise InputError(f"{name}: no such zip member") from None
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
