@@ -151,7 +151,7 @@ def write_image(path: str | Path, arr: np.ndarray) -> Path:
         if _suffix(path) in (".tif", ".tiff"):
             import tifffile
 
-            rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+            rgb = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8  # image or stack
             tifffile.imwrite(tmp, arr, bigtiff=arr.nbytes > 2**32 - 2**25,
                              photometric="rgb" if rgb else "minisblack")
         elif _suffix(path) == ".png":

@@ -381,11 +381,12 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions)
     stack = read_stack(path)
     results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
     written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0])]
-    if opts.overlays:
+    if opts.overlays:  # one picture per page: a PNG for an image, an RGB TIFF stack for a stack
         from .overlay import overlay
 
-        written.append(write_image(out_dir / f"{path.stem}_overlay.png",
-                                   overlay(stack[0], _overlay_mask(seg, results[0], opts))))
+        pages = [overlay(page, _overlay_mask(seg, res, opts), title=seg.name) for page, res in zip(stack, results)]
+        name = f"{path.stem}_overlay.png" if len(pages) == 1 else f"{path.stem}_overlay.tif"
+        written.append(write_image(out_dir / name, pages[0] if len(pages) == 1 else np.stack(pages)))
     return written
 
 
@@ -428,5 +429,6 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             small = np.asarray(result[..., ::step, ::step])
             log.info("%s: overlay drawn at 1/%d scale", name, step)
             written.append(write_image(dest.with_name(f"{dest.stem}_overlay.png"),
-                                       overlay(np.asarray(raw[::step, ::step]), _overlay_mask(seg, small, opts))))
+                                       overlay(np.asarray(raw[::step, ::step]), _overlay_mask(seg, small, opts),
+                                               title=f"{seg.name} (1/{step} scale)" if step > 1 else seg.name)))
     return written
