@@ -31,7 +31,7 @@ def test_predict_stack_masks_probabilities_and_overlay(tiny_run, stack_files, tm
     assert res.exit_code == 0, res.output
     masks = read_stack(tmp_path / "o" / "vol.tif")
     assert masks.shape == (4, 64, 64) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 255}
-    assert (tmp_path / "o" / "vol_overlay.png").is_file()
+    assert read_stack(tmp_path / "o" / "vol_overlay.tif").shape == (4, 64, 64, 3)  # one overlay page per page
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "p"), "--probabilities", str(vol)])
     probs = read_stack(tmp_path / "p" / "vol.tif")
     assert res.exit_code == 0 and probs.dtype == np.float32 and 0 <= probs.min() and probs.max() <= 1
