@@ -270,6 +270,8 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores as JSON."),
     per_image: Optional[Path] = typer.Option(None, help="Per-image scores as CSV (instance evaluation)."),
     skip_missing: bool = typer.Option(False, help="Score only the truth images that have a prediction."),
+    report: Optional[Path] = typer.Option(None, help="Also write one self-contained HTML page (scores, worst images)."),
+    run: Optional[Path] = typer.Option(None, help="With --report: a training run folder whose curve to include."),
 ) -> None:
     """Score predictions against truth; needs no model (files in, numbers out)."""
     _setup_logging(False)
@@ -291,6 +293,18 @@ def evaluate(
         from .evaluate import write_rows_csv
 
         write_rows_csv(per_image, rows)
+    if report:
+        from .evaluate import worst_pictures
+        from .io import atomic_path
+        from .report import render_report
+
+        curve = run / "curve.png" if run else None
+        page = render_report(f"biounet evaluate: {pred} against {truth}", summary, rows,
+                             _run(worst_pictures, truth, pred, rows) if rows else [],
+                             curve.read_bytes() if curve and curve.is_file() else None)
+        with atomic_path(report) as tmp:
+            tmp.write_text(page)
+        typer.echo(f"report -> {report}")
 
 
 @app.command("check-data")

@@ -127,3 +127,34 @@ def write_rows_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) -> list[tuple]:
+    """(name, truth overlay, prediction overlay, DSB score) for the ``n`` lowest-scoring images.
+
+    DSB truth brings its own images; a folder of label images has none, so
+    its outlines are drawn on a black background.
+    """
+    from .overlay import overlay
+
+    worst = sorted(rows, key=lambda r: r["dsb_score"])[:n]
+    truth, pred_dir = Path(truth), Path(pred_dir)
+    dsb = {}
+    if truth.suffix.lower() == ".zip" or (truth.is_dir() and (any(truth.glob("*/masks")) or any(truth.glob("*/*/masks")))):
+        from .data.dsb import list_dsb_items
+
+        dsb = {item.image_id: item for item in list_dsb_items(truth)}
+    pictures = []
+    for row in worst:
+        name = str(row["name"])
+        pred = read_image(_pred_path(pred_dir, name, False))
+        if name in dsb:
+            from .data.dsb import load_dsb_pair
+
+            image, labels = load_dsb_pair(dsb[name])
+        else:
+            labels = read_image(next(p for p in list_images(truth) if p.stem == name))
+            image = np.zeros(labels.shape, np.uint8)
+        pictures.append((name, overlay(image, labels, title="truth"), overlay(image, pred, title="prediction"),
+                         float(row["dsb_score"])))
+    return pictures
