@@ -132,3 +132,9 @@ def test_short_configs_resolve_to_the_shipped_models_configs(toml, model):
     config = load_config(ROOT / "configs" / toml)
     assert config.train.channels_last and not shipped.train.channels_last  # the one difference: a layout
     assert config == dataclasses.replace(shipped, train=dataclasses.replace(shipped.train, channels_last=True))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds(path):
+    cfg = load_config(path)
+    assert cfg.task in TASKS and cfg.name
