@@ -58,7 +58,7 @@ def main() -> None:
     probs = np.stack([seg.predict(vol[i]) for i in val])
     seconds = time.perf_counter() - t0
     ours = evaluate_membranes(truth, probs < seg.post.threshold)
-    sweep = {t: evaluate_membranes(truth, probs < t)["v_rand"] for t in (0.2, 0.3, 0.4, 0.5, 0.6)}
+    sweep = {t: evaluate_membranes(truth, probs < t)["v_rand"] for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}
     otsu = evaluate_membranes(truth, np.stack([vol[i] > threshold_otsu(vol[i]) for i in val]))
     epochs, train_min = training_minutes(resolve_model(model))
     hist = read_history(resolve_model(model))
@@ -69,7 +69,7 @@ def main() -> None:
     inst_post = dataclasses.replace(seg.post, mode="instances")
     instances = evaluate_cells(truth, np.stack([cells_from_membrane(p, inst_post) for p in probs]))
     inst_sweep = {t: evaluate_cells(truth, np.stack([cells_from_membrane(p, dataclasses.replace(inst_post, threshold=t))
-                                                     for p in probs]))["v_rand"] for t in (0.2, 0.3, 0.4, 0.5, 0.6)}
+                                                     for p in probs]))["v_rand"] for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}
     rows = {"biounet " + seg.name: ours, "Otsu threshold (baseline)": otsu}
     print(f"ISBI 2012, validation slices {val} (threshold {seg.post.threshold})\n")
     print(markdown_table(["method", "V-Rand", "V-Info", "pixel error", "membrane Dice"],
