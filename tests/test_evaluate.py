@@ -57,13 +57,19 @@ def test_stack_shape_mismatch(tmp_path):
         evaluate_paths(tmp_path / "t.tif", tmp_path / "p.tif")
 
 
-def test_skip_missing_scores_only_predicted_images(tmp_path):
+def _two_truths_one_prediction(tmp_path) -> np.ndarray:
+    """DSB truth images 'a' and 'b'; a perfect prediction for 'a' only. Returns the truth labels."""
     truth = np.zeros((8, 8), np.uint16)
     truth[1:4, 1:4] = 1
     _dsb_folder(tmp_path / "stage", "a", truth)
     _dsb_folder(tmp_path / "stage", "b", truth)
     (tmp_path / "pred").mkdir()
     tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
+    return truth
+
+
+def test_skip_missing_scores_only_predicted_images(tmp_path):
+    truth = _two_truths_one_prediction(tmp_path)
     summary, rows = evaluate_paths(tmp_path / "stage", tmp_path / "pred", skip_missing=True)
     assert [r["name"] for r in rows] == ["a"] and summary["dsb_score"] == 1.0
     assert summary["skipped_missing"] == 1 and summary["unmatched_predictions"] == 0
@@ -79,12 +85,7 @@ def test_cli_warns_about_skipped_and_unmatched_images(tmp_path):
 
     from biounet.cli import app
 
-    truth = np.zeros((8, 8), np.uint16)
-    truth[1:4, 1:4] = 1
-    _dsb_folder(tmp_path / "stage", "a", truth)
-    _dsb_folder(tmp_path / "stage", "b", truth)
-    (tmp_path / "pred").mkdir()
-    tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
+    truth = _two_truths_one_prediction(tmp_path)
     tifffile.imwrite(tmp_path / "pred" / "extra.tif", truth)
     res = CliRunner().invoke(app, ["evaluate", "--truth", str(tmp_path / "stage"), "--pred", str(tmp_path / "pred"),
                                    "--skip-missing"])
