@@ -100,7 +100,7 @@ def predict(
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
     from .io import InputError
-    from .predict import OutputOptions, PredictOptions, expand_inputs, load_model, predict_file
+    from .predict import OutputOptions, PredictOptions, check_outputs, expand_inputs, load_model, predict_file
 
     rank, world, local_world = _distributed()
     _set_threads(threads, share=local_world)
@@ -119,8 +119,6 @@ def predict(
         import dataclasses
 
         seg = dataclasses.replace(seg, post=dataclasses.replace(seg.post, mode="instances"))
-    from .predict import check_outputs
-
     todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")

@@ -50,24 +50,37 @@ def _pred_path(pred_dir: Path, name: str, skip_missing: bool) -> Path | None:
     raise InputError(f"{pred_dir}: no prediction for '{name}' (expected {name}.tif; --skip-missing scores the rest)")
 
 
-def instance_pairs(truth: Path, pred_dir: Path, skip_missing: bool = False) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, truth labels, predicted labels), read lazily one image at a time."""
+def is_dsb(truth: Path) -> bool:
+    """Is ``truth`` Kaggle's DSB layout (a zip, or ``<id>/masks`` folders one or two levels down)?"""
+    truth = Path(truth)
+    return truth.suffix.lower() == ".zip" or (truth.is_dir() and (any(truth.glob("*/masks"))
+                                                                 or any(truth.glob("*/*/masks"))))
+
+
+def instance_pairs(
+    truth: Path, pred_dir: Path, skip_missing: bool = False, skipped: list[str] | None = None
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, truth labels, predicted labels), read lazily one image at a time.
+
+    With ``skip_missing``, truth images without a prediction are left out and
+    their names appended to ``skipped`` (when given).
+    """
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction folder not found")
-    if truth.suffix.lower() == ".zip" or (truth.is_dir() and any(truth.glob("*/masks"))) or (
-        truth.is_dir() and any(truth.glob("*/*/masks"))
-    ):
+    if is_dsb(truth):
         from .data.dsb import list_dsb_items, load_dsb_labels
 
-        for item in list_dsb_items(truth):
-            pred = _pred_path(pred_dir, item.image_id, skip_missing) if item.has_masks else None
-            if pred is not None:
-                yield item.image_id, load_dsb_labels(item), read_image(pred)
-        return
-    for p in list_images(truth):
-        pred = _pred_path(pred_dir, p.stem, skip_missing)
-        if pred is not None:
-            yield p.stem, read_image(p), read_image(pred)
+        truths = [(item.image_id, lambda item=item: load_dsb_labels(item))
+                  for item in list_dsb_items(truth) if item.has_masks]
+    else:
+        truths = [(p.stem, lambda p=p: read_image(p)) for p in list_images(truth)]
+    for name, load in truths:
+        pred = _pred_path(pred_dir, name, skip_missing)
+        if pred is None:
+            if skipped is not None:
+                skipped.append(name)
+            continue
+        yield name, load(), read_image(pred)
 
 
 def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple[dict, list[dict]]:
@@ -79,8 +92,10 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
         return evaluate_stacks(truth, pred), []
     from .metrics.instance import evaluate_instances
 
+    skipped: list[str] = []
+
     def checked():
-        for name, t, p in instance_pairs(truth, pred, skip_missing):
+        for name, t, p in instance_pairs(truth, pred, skip_missing, skipped):
             if t.shape != p.shape:
                 raise InputError(f"{pred}/{name}.tif: size {p.shape} != truth size {t.shape}")
             yield name, t, p
@@ -100,18 +115,9 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
         raise InputError(f"{pred}: {exc}") from None
     predicted = {p.stem for p in pred.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")
                  and not p.stem.endswith("_overlay")}
-    summary["skipped_missing"] = _count_truth(truth) - len(scored) if skip_missing else 0
+    summary["skipped_missing"] = len(skipped)
     summary["unmatched_predictions"] = len(predicted - set(scored))
     return summary, rows
-
-
-def _count_truth(truth: Path) -> int:
-    """How many truth images a folder, DSB folder or zip holds (those with masks, for DSB)."""
-    if truth.suffix.lower() == ".zip" or (truth.is_dir() and (any(truth.glob("*/masks")) or any(truth.glob("*/*/masks")))):
-        from .data.dsb import list_dsb_items
-
-        return sum(1 for item in list_dsb_items(truth) if item.has_masks)
-    return len(list_images(truth))
 
 
 def format_table(summary: dict) -> str:
@@ -139,21 +145,18 @@ def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) ->
 
     worst = sorted(rows, key=lambda r: r["dsb_score"])[:n]
     truth, pred_dir = Path(truth), Path(pred_dir)
-    dsb = {}
-    if truth.suffix.lower() == ".zip" or (truth.is_dir() and (any(truth.glob("*/masks")) or any(truth.glob("*/*/masks")))):
-        from .data.dsb import list_dsb_items
+    from .data.dsb import list_dsb_items, load_dsb_pair
 
-        dsb = {item.image_id: item for item in list_dsb_items(truth)}
+    dsb = {item.image_id: item for item in list_dsb_items(truth)} if is_dsb(truth) else None
+    files = {p.stem: p for p in list_images(truth)} if dsb is None else {}
     pictures = []
     for row in worst:
         name = str(row["name"])
         pred = read_image(_pred_path(pred_dir, name, False))
-        if name in dsb:
-            from .data.dsb import load_dsb_pair
-
+        if dsb is not None:
             image, labels = load_dsb_pair(dsb[name])
         else:
-            labels = read_image(next(p for p in list_images(truth) if p.stem == name))
+            labels = read_image(files[name])
             image = np.zeros(labels.shape, np.uint8)
         pictures.append((name, overlay(image, labels, title="truth"), overlay(image, pred, title="prediction"),
                          float(row["dsb_score"])))

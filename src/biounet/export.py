@@ -192,6 +192,14 @@ def _probabilities(module):
     return Probabilities(module, module.cfg.out_channels > 1).eval()
 
 
+def _export_net(module, probabilities: bool):
+    """What the exports trace: the network with batch norm folded, NCHW, optionally its activation after it."""
+    from .models.unet import inference_copy
+
+    net = inference_copy(module, channels_last=False)
+    return _probabilities(net) if probabilities else net
+
+
 def _example_input(module):
     import torch
 
@@ -216,11 +224,7 @@ def to_onnx(module, probabilities: bool = False, metadata: dict[str, str] | None
 
     import torch
 
-    from .models.unet import inference_copy
-
-    net = inference_copy(module, channels_last=False)
-    if probabilities:
-        net = _probabilities(net)
+    net = _export_net(module, probabilities)
     out_name = "probabilities" if probabilities else "logits"
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -251,11 +255,7 @@ def to_torchscript(module, probabilities: bool = True, metadata: dict[str, str] 
 
     import torch
 
-    from .models.unet import inference_copy
-
-    net = inference_copy(module, channels_last=False)
-    if probabilities:
-        net = _probabilities(net)
+    net = _export_net(module, probabilities)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, _example_input(module), check_trace=False)

@@ -68,11 +68,8 @@ def read_stack(path: str | Path) -> np.ndarray:
 
 def _one_line(exc: BaseException) -> str:
     """The root cause of a decoder failure in one line (imageio wraps Pillow's own error)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        inner = exc.__cause__ or exc.__context__
-        if inner is None or inner is exc:
-            break
-        exc = inner
+    while (exc.__cause__ or exc.__context__) not in (None, exc):
+        exc = exc.__cause__ or exc.__context__
     text = str(exc).strip().splitlines()
     if type(exc).__name__ == "DecompressionBombError":
         return f"refused: the header claims more pixels than any image this tool reads ({text[0] if text else ''})"
@@ -94,13 +91,15 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr.reshape((-1,) + arr.shape[arr.ndim - spatial :])
 
 
+def strip_alpha(arr: np.ndarray) -> np.ndarray:
+    """Drop an alpha channel on the last axis: RGBA -> RGB, gray + alpha -> gray + 1 channel."""
+    c = arr.shape[-1]
+    return arr[..., :3] if c == 4 else arr[..., :1] if c == 2 else arr
+
+
 def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 4:
-        c = arr.shape[-1]
-        if c == 4:
-            arr = arr[..., :3]
-        elif c == 2:  # gray + alpha
-            arr = arr[..., :1]
+        arr = strip_alpha(arr)
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
     if arr.ndim not in (3, 4) or arr.shape[1] == 0 or arr.shape[2] == 0:

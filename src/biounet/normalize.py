@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError
+from .io import InputError, strip_alpha
 
 MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
 
@@ -119,10 +119,9 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
     Arrays handed to the Python API get the same treatment as files, and a
     (Z, H, W) stack (more than 4 trailing "channels") is named as one.
     """
-    if image.ndim == 3 and image.shape[2] == 4:
-        return image[..., :3]
-    if image.ndim == 3 and image.shape[2] == 2:
-        return image[..., 0]
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        image = strip_alpha(image)  # the file readers' rule
+        return image[..., 0] if image.shape[2] == 1 else image
     if image.ndim == 3 and image.shape[2] > 4:
         raise InputError(f"{name}: shape {tuple(image.shape)} looks like a stack of {image.shape[0]} pages, "
                          f"not an (H, W, C) image; predict one page at a time")

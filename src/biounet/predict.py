@@ -199,7 +199,7 @@ class Segmenter:
     @torch.inference_mode()
     def _predict_fn(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device)
-        if self.options.fast:
+        if self.options.fast and isinstance(self.network, torch.nn.Module):  # not for ONNX Runtime's input
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.network(x)
         return _activate(logits).float().cpu()
@@ -232,9 +232,9 @@ class OnnxRunner:
     """A U-Net exported to ONNX and run by ONNX Runtime on the CPU; called like the module.
 
     The exported graph takes sides that are multiples of the network's
-    down-sampling (``biounet.export.to_onnx``); other sizes are padded here the
-    way ``UNet.forward`` pads them (reflect, split evenly) and cropped back, so
-    both backends see the same pixels.
+    down-sampling (``biounet.export.to_onnx``); other sizes are padded here with
+    ``UNet.forward``'s own :func:`~biounet.models.unet.pad_to_multiple` and
+    cropped back, so both backends see the same pixels.
     """
 
     def __init__(self, module: UNet) -> None:
@@ -244,7 +244,6 @@ class OnnxRunner:
 
         from .export import to_onnx
 
-        self.cfg = module.cfg
         self.align = module.cfg.pool_size**module.cfg.depth if module.cfg.padding == "same" else 1
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
@@ -253,18 +252,12 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
+        from .models.unet import center_crop, pad_to_multiple
 
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % self.align, (-w) % self.align
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
-        y = self.session.run(None, {self.input: np.ascontiguousarray(x.detach().cpu().float().numpy())})[0]
+        padded = pad_to_multiple(x, self.align)
+        y = self.session.run(None, {self.input: np.ascontiguousarray(padded.detach().cpu().float().numpy())})[0]
         y = torch.from_numpy(y)
-        if ph or pw:
-            y = y[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
-        return y
+        return center_crop(y, *x.shape[-2:]) if padded is not x else y  # valid nets come back smaller: no crop
 
 
 def _compact(seg: np.ndarray) -> np.ndarray:

@@ -233,17 +233,20 @@ class PatchDataset(Dataset):
 
     def draw(self, i: int) -> tuple[np.random.Generator, int, int, int]:
         """Patch ``i`` of this epoch: (its generator, item index, top, left in the padded image)."""
+        return self._draw(i)[:4]
+
+    def _draw(self, i: int) -> tuple:
+        """:meth:`draw` plus the item's (image, labels), loaded once per patch even without the cache."""
         rng = np.random.default_rng([self.epoch_seed, i, torch.initial_seed() % 2**31])
         idx = int(rng.choice(len(self.items), p=self.p))
-        h, w = self.load(idx)[1].shape
+        img, lab = self.load(idx)
         size = self.cfg.data.patch_size
-        top = int(rng.integers(max(h, size) - size + 1))
-        left = int(rng.integers(max(w, size) - size + 1))
-        return rng, idx, top, left
+        top = int(rng.integers(max(lab.shape[0], size) - size + 1))
+        left = int(rng.integers(max(lab.shape[1], size) - size + 1))
+        return rng, idx, top, left, img, lab
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng, idx, top, left = self.draw(i)
-        img, lab = self.load(idx)
+        rng, _, top, left, img, lab = self._draw(i)
         size = self.cfg.data.patch_size
         img, lab = _pad_to(img, size), _pad_to(lab, size)
         img = img[top : top + size, left : left + size]

@@ -77,6 +77,19 @@ class Up(nn.Module):
         return self.conv(x)
 
 
+def pad_to_multiple(x: torch.Tensor, mult: int) -> torch.Tensor:
+    """Reflect-pad (B, C, H, W) so H and W are multiples of ``mult``, split evenly (:func:`center_crop` undoes it).
+
+    Sides too short to reflect are padded by repetition.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % mult, (-w) % mult
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+
+
 def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Crop the centre (h, w) of a (B, C, H, W) tensor."""
     top = (x.shape[-2] - h) // 2
@@ -179,11 +192,7 @@ class UNet(nn.Module):
             raise ValueError(f"expected (B, {self.cfg.in_channels}, H, W) input, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if self.cfg.padding == "same":
-            mult = self.cfg.pool_size**self.cfg.depth
-            ph, pw = (-h) % mult, (-w) % mult
-            if ph or pw:
-                mode = "reflect" if ph < h and pw < w else "replicate"
-                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+            x = pad_to_multiple(x, self.cfg.pool_size**self.cfg.depth)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)
