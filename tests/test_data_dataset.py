@@ -82,3 +82,18 @@ def test_patch_targets_come_from_the_task():
         cfg = apply_overrides(RunConfig(), [f"task={task}", "data.target=" + task, "data.patch_size=40"])
         t = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["target"]
         assert t.dtype == torch.float32 and np.array_equal(t.numpy(), expect.astype(np.float32))
+
+
+def test_holdout_is_the_draw_an_equal_validation_fraction_makes_and_leaves_the_rest_disjoint():
+    from biounet.data.dataset import split_holdout
+
+    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(40)]
+    old_val = split_items(items, DataConfig(val_fraction=0.1), seed=0)[1]
+    rest, held = split_holdout(items, DataConfig(holdout_fraction=0.1), seed=0)
+    assert [i.name for i in held] == [i.name for i in old_val] and len(held) == 4
+    train, val = split_items(rest, DataConfig(val_fraction=0.1), seed=1)
+    names = [{i.name for i in part} for part in (train, val, held)]
+    assert sum(map(len, names)) == 40 and not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert split_holdout(items, DataConfig(), seed=0) == (items, [])
+    with pytest.raises(InputError, match="holdout_fraction"):
+        split_holdout(items[:2], DataConfig(holdout_fraction=0.5), seed=0)

@@ -170,7 +170,7 @@ def test_torchscript_export_reproduces_torch(tmp_path):
 def test_export_refuses_unknown_formats_and_models(tmp_path):
     from biounet.export import export_model
 
-    with pytest.raises(InputError, match="--format must be one of onnx, torchscript"):
+    with pytest.raises(InputError, match="--format must be one of onnx, torchscript, bioimageio"):
         export_model("dsb2018-nuclei", "tflite", tmp_path / "x")
     with pytest.raises(InputError, match="not a model folder"):
         export_model(tmp_path / "nothing", "onnx", tmp_path / "x")

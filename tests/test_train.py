@@ -86,3 +86,17 @@ def test_resume_with_more_epochs_continues_the_schedule_instead_of_restarting_it
     train(apply_overrides(cfg, ["train.epochs=4"]), tmp_path / "run", resume=True, progress=False)
     lrs = [h["lr"] for h in read_history(tmp_path / "run")]
     assert len(lrs) == 4 and all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+
+
+def test_holdout_images_are_never_trained_or_tuned_on_and_scored_once(stack_files, tmp_path):
+    from biounet.data.dataset import items_from_config, split_holdout
+
+    cfg = tiny_config(*stack_files, **{"data.val_indices": "[]", "data.val_fraction": 0.34,
+                                       "data.holdout_fraction": 0.25, "train.epochs": 1})
+    result = train(cfg, tmp_path / "run", progress=False)
+    held = [it.name for it in split_holdout(items_from_config(cfg.data), cfg.data, cfg.train.seed)[1]]
+    assert result["holdout_items"] == held and len(held) == 1
+    assert not set(held) & set(result["val_items"])
+    assert {"holdout_v_rand", "tuned_v_rand"} <= set(result)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["holdout_items"] == held and 0 <= on_disk["holdout_v_rand"] <= 1

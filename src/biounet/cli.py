@@ -30,11 +30,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_DEBUG = {"on": False}  # --debug: errors keep their traceback
+
+
 @app.callback()
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error message."),
 ) -> None:
     """U-Net segmentation for microscopy and EM images: predict, train, evaluate, submit."""
+    _DEBUG["on"] = debug
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -53,8 +58,12 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except InputError as exc:
+        if _DEBUG["on"]:
+            raise
         _fail(str(exc))
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        if _DEBUG["on"]:
+            raise
         _fail(f"{exc.filename}: {exc.strerror}")
 
 
@@ -189,14 +198,16 @@ def _distributed() -> tuple[int, int, int]:
 @app.command()
 def export(
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name or a model/run folder."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript or bioimageio."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt); bioimageio: a folder or .zip."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
 ) -> None:
-    """Write the network as ONNX or TorchScript: probabilities out, normalisation and head in its metadata."""
+    """Write the network as ONNX or TorchScript (probabilities out, normalisation and head in its
+    metadata), or as a tested bioimage.io model package (needs biounet[bioimageio])."""
     _setup_logging(False)
     from .export import export_model
 
-    path = _run(export_model, model, fmt, out)
+    path = _run(export_model, model, fmt, out, overwrite)
     typer.echo(f"{model} -> {path}")
 
 

@@ -172,7 +172,7 @@ def _parse_runs(rle: str) -> np.ndarray:
 
 
 # ---- the network as a file other runtimes load -------------------------------------
-MODEL_FORMATS = ("onnx", "torchscript")
+MODEL_FORMATS = ("onnx", "torchscript", "bioimageio")
 ONNX_OPSET = 17
 
 
@@ -290,12 +290,32 @@ def model_metadata(model_dir: Path) -> dict[str, str]:
     }
 
 
-def export_model(model: str | Path, fmt: str, out: str | Path) -> Path:
-    """Write a shipped model or model folder as ONNX or TorchScript (probabilities out), atomically."""
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked; never replace a folder that is not a model package."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise InputError(f"{out}: exists; use --overwrite to replace it")
+    if out.is_dir() and not (out / "rdf.yaml").exists():
+        raise InputError(f"{out}: is a folder but not a bioimage.io package (no rdf.yaml); not replacing it")
+
+
+def export_model(model: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a shipped model or model folder as ONNX or TorchScript (probabilities out), atomically.
+
+    ``bioimageio`` writes a bioimage.io model package instead (a folder, or a
+    ``.zip``), see :mod:`biounet.zoo`.
+    """
     from . import checkpoint
 
     if fmt not in MODEL_FORMATS:
         raise InputError(f"--format must be one of {', '.join(MODEL_FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    check_out(out, overwrite)
+    if fmt == "bioimageio":
+        from .zoo import export_bioimageio
+
+        return export_bioimageio(model, out)
     folder = checkpoint.resolve_model(model)
     _, module = checkpoint.load_module(folder)
     meta = model_metadata(folder)
@@ -306,7 +326,6 @@ def export_model(model: str | Path, fmt: str, out: str | Path) -> Path:
             raise InputError(f"ONNX export needs the onnx package: pip install 'biounet[onnx]' ({exc})") from None
     else:
         data = to_torchscript(module, probabilities=True, metadata=meta)
-    out = Path(out)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return out

@@ -139,10 +139,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_image(path: str | Path, arr: np.ndarray) -> Path:
+def write_image(path: str | Path, arr: np.ndarray, kind: str | None = None) -> Path:
     """Write (H, W), (H, W, C) or a (N, H, W) stack (TIFF only), atomically.
 
-    TIFFs larger than 4 GB are written as BigTIFF.
+    TIFFs larger than 4 GB are written as BigTIFF. ``kind`` (``labels``,
+    ``mask``, ``probabilities``) is recorded in a TIFF's metadata so readers
+    (the napari plugin, :func:`output_kind`) know what the array is.
     """
     path = Path(path)
     arr = np.asarray(arr)
@@ -152,7 +154,8 @@ def write_image(path: str | Path, arr: np.ndarray) -> Path:
 
             rgb = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8  # image or stack
             tifffile.imwrite(tmp, arr, bigtiff=arr.nbytes > 2**32 - 2**25,
-                             photometric="rgb" if rgb else "minisblack")
+                             photometric="rgb" if rgb else "minisblack",
+                             metadata={"biounet": kind} if kind else {})
         elif _suffix(path) == ".png":
             import imageio.v3 as iio
 
@@ -160,6 +163,22 @@ def write_image(path: str | Path, arr: np.ndarray) -> Path:
         else:
             raise InputError(f"{path}: unsupported output format (use .tif or .png)")
     return path
+
+
+def output_kind(path: str | Path) -> str | None:
+    """What a biounet output TIFF holds (``labels``, ``mask``, ``probabilities``); None for other files."""
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta = tif.shaped_metadata
+    except Exception:  # not a TIFF we can read: the caller's reader reports that
+        return None
+    kind = meta[0].get("biounet") if meta else None
+    return kind if isinstance(kind, str) else None
 
 
 def to_float01(image: np.ndarray) -> np.ndarray:

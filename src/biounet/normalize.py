@@ -124,7 +124,8 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
         return image[..., 0] if image.shape[2] == 1 else image
     if image.ndim == 3 and image.shape[2] > 4:
         raise InputError(f"{name}: shape {tuple(image.shape)} looks like a stack of {image.shape[0]} pages, "
-                         f"not an (H, W, C) image; predict one page at a time")
+                         f"not an (H, W, C) image; predict one page at a time (or, if it has "
+                         f"{image.shape[2]} channels: the models take 1 to 4)")
     if image.ndim not in (2, 3):
         raise InputError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
     return image

@@ -363,6 +363,11 @@ def _overlay_mask(seg: Segmenter, result: np.ndarray, opts: OutputOptions) -> np
     return fg > seg.post.threshold
 
 
+def _kind(seg: Segmenter, opts: OutputOptions) -> str:
+    """What an output file holds, recorded in its metadata (see :func:`biounet.io.output_kind`)."""
+    return "probabilities" if opts.probabilities else "labels" if seg.post.mode == "instances" else "mask"
+
+
 def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions) -> list[Path]:
     """Predict one image or TIFF stack; writes ``<stem>.tif`` (+ overlay); returns written paths."""
     from .io import open_lazy, read_stack, write_image
@@ -373,7 +378,8 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions)
         return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path))
     stack = read_stack(path)
     results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
-    written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0])]
+    written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0],
+                           kind=_kind(seg, opts))]
     if opts.overlays:  # one picture per page: a PNG for an image, an RGB TIFF stack for a stack
         from .overlay import overlay
 
@@ -414,7 +420,7 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             result = open_array((h, w), np.uint8, Path(tmp) / "mask.npy")
             for y in range(0, h, block):
                 result[y : y + block] = seg.segment_probs(np.asarray(probs[:, y : y + block]))
-        written = [write_image(dest, result)]
+        written = [write_image(dest, result, kind=_kind(seg, opts))]
         if opts.overlays:
             from .overlay import overlay
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import PostConfig, RunConfig
-from .data.dataset import Item, PatchDataset, items_from_config, split_items
+from .data.dataset import Item, PatchDataset, items_from_config, split_holdout, split_items
 from .losses import LossFn, get_loss
 from .models.unet import build_model
 from .predict import Segmenter
@@ -106,6 +106,7 @@ class Run:
     dataset: PatchDataset
     loader: DataLoader
     val_items: list[Item]
+    holdout_items: list[Item] = dataclasses.field(default_factory=list)
     writer: Any = None  # TensorBoard, when installed
     start_epoch: int = 0
     best: float = -math.inf
@@ -130,8 +131,10 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     seed_everything(cfg.train.seed + rank)
     task = get_task(cfg)
 
-    train_items, val_items = split_items(items_from_config(cfg.data), cfg.data, cfg.train.seed)
-    for item in val_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
+    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, cfg.train.seed)
+    # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
+    train_items, val_items = split_items(rest, cfg.data, cfg.train.seed + (1 if holdout_items else 0))
+    for item in val_items + holdout_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
         item.load()
     model = build_model(cfg.model)
     if cfg.train.init_weights and not resume:
@@ -151,6 +154,7 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         loader=DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
                           num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0),
         val_items=val_items,
+        holdout_items=holdout_items,
     )
     if resume:
         restore_state(run, checkpoint.load_state(run_dir / checkpoint.STATE))
@@ -160,8 +164,8 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     if run.main:
         checkpoint.save_config(run_dir, cfg)
         run.writer = _tensorboard(run_dir)
-        log.info("train %d images, validate %d (%s); %d parameters", len(train_items), len(val_items),
-                 task.metric, sum(p.numel() for p in model.parameters()))
+        log.info("train %d images, validate %d (%s), hold out %d; %d parameters", len(train_items),
+                 len(val_items), task.metric, len(holdout_items), sum(p.numel() for p in model.parameters()))
     return run
 
 
@@ -186,7 +190,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if should_stop(run):
             log.info("early stop: no improvement of %s for %d validations", run.task.metric, run.stale)
             break
-    result = finish(run.run_dir, cfg, run.val_items) if run.main else {}
+    result = finish(run.run_dir, cfg, run.val_items, run.holdout_items) if run.main else {}
     if run.world > 1:
         torch.distributed.destroy_process_group()
     return result
@@ -297,8 +301,12 @@ def restore_state(run: Run, state: dict) -> None:
 
 
 # ---- after training -----------------------------------------------------------------
-def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item]) -> dict:
-    """Reload the best weights, tune post-processing on validation, save thresholds + metrics."""
+def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: list[Item] = ()) -> dict:
+    """Reload the best weights, tune post-processing on validation, save thresholds + metrics.
+
+    Held-out images are scored last, with the epoch and post-processing the
+    validation images chose: ``holdout_*`` is the selection-free score.
+    """
     from .predict import load_model
 
     seg = load_model(run_dir)
@@ -315,6 +323,10 @@ def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item]) -> dict:
     if task.instances:
         metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
     metrics["val_items"] = [it.name for it in val_items]
+    if holdout_items:
+        held = score_predictions(task, predict_items(seg, holdout_items), post)
+        metrics.update({"holdout_" + k: v for k, v in held.items()})
+        metrics["holdout_items"] = [it.name for it in holdout_items]
     checkpoint.write_metrics(run_dir, metrics)
     return metrics
 

@@ -2,8 +2,9 @@
 
 Every image/label pair is loaded once, as training would load it. Errors
 (unreadable files, size mismatches, duplicate names, label images that are
-not integer labels) make the check fail; warnings (empty or overlapping DSB
-masks, images without any object) are listed. The summary says, per imaging
+not integer labels, colour or negative labels, DSB masks that are empty or
+not binary) make the check fail; warnings (overlapping DSB masks, images
+without any object) are listed. The summary says, per imaging
 modality, bit depth and channels, object counts and sizes, and the share of
 foreground pixels (class balance).
 """
@@ -34,14 +35,16 @@ class CheckReport:
 
 
 class _Collect(logging.Handler):
-    """Turns the data readers' warnings (overlapping or empty masks) into report lines."""
+    """Turns the data readers' warnings into report lines: errors where the reader marked them so
+    (an empty DSB mask: training only warns, the check fails), warnings otherwise (overlaps)."""
 
-    def __init__(self, sink: list[str]) -> None:
+    def __init__(self, report: "CheckReport") -> None:
         super().__init__(logging.WARNING)
-        self.sink = sink
+        self.report = report
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(record.getMessage())
+        sink = self.report.errors if getattr(record, "data_error", False) else self.report.warnings
+        sink.append(record.getMessage())
 
 
 def check_items(items: list[Item]) -> CheckReport:
@@ -50,7 +53,7 @@ def check_items(items: list[Item]) -> CheckReport:
     names = Counter(it.name for it in items)
     report.errors += [f"{name}: {n} images share this name" for name, n in names.items() if n > 1]
     stats: dict[str, dict] = {}
-    handler = _Collect(report.warnings)
+    handler = _Collect(report)
     logger = logging.getLogger("biounet.data")
     logger.addHandler(handler)
     try:

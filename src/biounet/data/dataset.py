@@ -56,11 +56,38 @@ class Item:
             img, lab = load_coco_image(self.extra), coco_labels(self.extra)
         else:
             raise ValueError(self.kind)
-        if lab.ndim == 3:
-            lab = lab[..., 0]
+        lab = check_labels(lab, str(self.labels or self.image))
         if img.shape[:2] != lab.shape[:2]:
             raise InputError(f"{self.labels or self.image}: mask size {lab.shape[:2]} != image size {img.shape[:2]}")
         return img, lab
+
+
+def check_labels(lab: np.ndarray, name: str) -> np.ndarray:
+    """A label image as (H, W) integers, or a one-line error for values that are not labels.
+
+    Refused: a colour picture of labels (channels that differ: channel 0 alone
+    would silently merge or drop objects), fractional or negative values, and
+    non-numeric data. A gray image saved as RGB and whole-number floats pass.
+    """
+    lab = np.asarray(lab)
+    if lab.ndim == 3:
+        if lab.shape[-1] > 1 and not all(np.array_equal(lab[..., 0], lab[..., c]) for c in range(1, lab.shape[-1])):
+            raise InputError(f"{name}: labels have {lab.shape[-1]} differing channels (a colour picture?); "
+                             "expected one label value per pixel")
+        lab = lab[..., 0]
+    if lab.dtype == bool:
+        return lab
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
+            raise InputError(f"{name}: labels are {lab.dtype} with fractional or non-finite values; "
+                             "expected integer labels")
+        lab = lab.astype(np.int64)
+    elif not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"{name}: labels are {lab.dtype}; expected integer labels")
+    if lab.size and lab.min() < 0:
+        raise InputError(f"{name}: labels contain negative values (min {lab.min()}); expected 0 = background, "
+                         "1, 2, ... = objects")
+    return lab
 
 
 def stack_items(images: str | Path, labels: str | Path) -> list[Item]:
@@ -149,6 +176,23 @@ def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Ite
     if not train:
         raise InputError("no training images left after the validation split")
     return train, [items[i] for i in val_idx]
+
+
+def split_holdout(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Item], list[Item]]:
+    """Set aside ``holdout_fraction`` of the items before the validation split.
+
+    The draw is the one :func:`split_items` makes for a validation fraction of the
+    same size and seed, so ``holdout_fraction`` = an older run's ``val_fraction``
+    holds out exactly that run's validation images: a new model can then be
+    scored, free of selection, on images the old one was tuned on.
+    """
+    if cfg.holdout_fraction <= 0:
+        return list(items), []
+    rest, held = split_items(items, DataConfig(val_fraction=cfg.holdout_fraction), seed)
+    if len(rest) < 2:
+        raise InputError(f"data.holdout_fraction = {cfg.holdout_fraction} leaves {len(rest)} image(s) to train "
+                         "and validate on")
+    return rest, held
 
 
 def items_named(items: list[Item], names: list[str]) -> list[Item]:

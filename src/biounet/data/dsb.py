@@ -131,9 +131,13 @@ def load_dsb_labels(item: DsbItem, shape: tuple[int, int] | None = None) -> np.n
             raise InputError(
                 f"{item.describe(member)}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}"
             )
+        values = np.unique(mask)
+        if len(values) > 2:  # JPEG-damaged or anti-aliased: where the nucleus ends is a guess
+            raise InputError(f"{item.describe(member)}: mask has {len(values)} distinct values (expected 0 and one "
+                             "foreground value)")
         fg = mask > 0
-        if not fg.any():  # an empty nucleus mask is a data error; training would learn nothing from it
-            log.warning("%s: mask is empty (no nucleus pixel)", item.describe(member))
+        if not fg.any():  # an empty nucleus mask is a data error; check-data fails on it, training warns
+            log.warning("%s: mask is empty (no nucleus pixel)", item.describe(member), extra={"data_error": True})
         overlap += int(np.count_nonzero(labels[fg]))
         labels[fg] = i + 1
     if overlap:
