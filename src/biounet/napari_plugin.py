@@ -91,7 +91,8 @@ def _widget_factory():
     @magic_factory(
         call_button="Segment",
         model={"choices": model_choices, "tooltip": "a shipped model (ignored when a model folder is given)"},
-        model_folder={"mode": "d", "label": "or model folder", "tooltip": "a biounet run or model folder"},
+        model_folder={"mode": "d", "label": "or model folder", "nullable": True,
+                      "tooltip": "a biounet run or model folder"},
         output={"choices": list(OUTPUTS), "tooltip": "labels: one id per object; probabilities: foreground"},
         tta={"label": "test-time augmentation", "tooltip": "average 8 flips/rotations (8x slower)"},
         diameter={"min": 0.0, "max": 1000.0, "step": 1.0, "tooltip": "object diameter in px (0: as trained)"},
@@ -100,7 +101,7 @@ def _widget_factory():
     def segment(
         image: "napari.layers.Image",
         model: str = "dsb2018-nuclei",
-        model_folder: Path = Path(""),
+        model_folder: Path | None = None,
         output: str = "labels",
         tta: bool = False,
         diameter: float = 0.0,
@@ -108,7 +109,7 @@ def _widget_factory():
     ) -> FunctionWorker[LayerDataTuple]:
         if image is None:
             raise InputError("choose an image layer first")
-        chosen: str | Path = model_folder if str(model_folder) not in ("", ".") else model
+        chosen: str | Path = model_folder if model_folder and str(model_folder) not in ("", ".") else model
         data, rgb, name = image.data, bool(image.rgb), image.name
 
         @thread_worker(progress={"total": len(pages(data, rgb)) + 1, "desc": f"biounet: {name}"})
