@@ -124,6 +124,8 @@ CASES = [
      "distinct values"),
     ("all-zero DSB mask",
      lambda m, t: ["check-data", str(_dsb_zip(t, [_disk(), np.zeros((16, 16), np.uint8)]))], "mask is empty"),
+    ("overlapping DSB masks",
+     lambda m, t: ["check-data", str(_dsb_zip(t, [_disk(5), _disk(4)]))], "pixels lie in more than one mask"),
     ("pickled checkpoint as a model",
      lambda m, t: _predict(_model_copy(m, t, lambda f: (f / checkpoint.WEIGHTS).unlink() or
                                        (f / "model.pt").write_bytes(b"\x80\x04pickle")), t, "ok.tif", _tiff_bytes()),
