@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--model", default="isbi2012-membrane", help="shipped model name or run folder")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/isbi2012"), help="folder with train-*.tif")
     ap.add_argument("--train", action="store_true", help="train configs/isbi2012.toml into runs/bench-isbi first")
+    ap.add_argument("--tta", action="store_true", help="also score 8-fold test-time augmentation (flips/rotations)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
@@ -85,6 +86,17 @@ def main() -> None:
           "", f"{instances['v_rand']:.4f} / {instances['v_info']:.4f}"]]))
     print("instance V-Rand (un-thinned) by seed threshold: "
           + ", ".join(f"{t}: {v:.4f}" for t, v in inst_sweep.items()))
+    tta_rows = {}
+    if args.tta:
+        seg_tta = seg.with_options(tta=True)
+        probs_tta = np.stack([seg_tta.predict(vol[i]) for i in val])
+        tta_sweep = {t: evaluate_membranes(truth, probs_tta < t)["v_rand"] for t in sweep}
+        tta_inst = evaluate_cells(truth, np.stack([cells_from_membrane(p, inst_post) for p in probs_tta]))
+        tta_rows = {"thinned_at_model_threshold": tta_sweep[seg.post.threshold], "thinned_by_threshold": tta_sweep,
+                    "instances": tta_inst}
+        print(f"with TTA: thinned V-Rand {tta_sweep[seg.post.threshold]:.4f} at threshold {seg.post.threshold}, "
+              "by threshold " + ", ".join(f"{t}: {v:.4f}" for t, v in tta_sweep.items())
+              + f"; cell instances un-thinned {tta_inst['v_rand']:.4f} / V-Info {tta_inst['v_info']:.4f}")
     if hist:
         last = [round(h["val_v_rand"], 3) for h in hist[-15:] if "val_v_rand" in h]
         print(f"validation V-Rand of the last {len(last)} epochs (history.jsonl): {last}")
@@ -94,7 +106,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"val_slices": val, "results": rows, "train_minutes": train_min,
                                          "unthinned_mask": unthinned, "instances": instances,
-                                         "instances_by_threshold": inst_sweep,
+                                         "instances_by_threshold": inst_sweep, "tta": tta_rows,
                                          "predict_seconds_per_slice": seconds / len(val)}, indent=2))
 
 

@@ -266,3 +266,13 @@ def test_train_fails_at_start_on_a_bad_validation_pair(tmp_path):
                               "--set", "data.val_indices=[2]", "--set", "model.base_features=4"])
     assert res.exit_code == 2 and "i2.png: mask size (32, 30) != image size (32, 32)" in res.output
     assert not (tmp_path / "r" / "history.jsonl").exists()
+    # the same bad pair among the training images fails in setup(), before the loop draws a patch
+    from biounet.io import InputError
+    from biounet.tasks import build_config
+    from biounet.train import setup
+
+    cfg = build_config({"task": "binary", "data": {"kind": "folders", "images": str(tmp_path / "imgs"),
+                                                   "labels": str(tmp_path / "masks"), "val_indices": [0]},
+                        "model": {"base_features": 4}})
+    with pytest.raises(InputError, match=r"i2.png: mask size \(32, 30\) != image size \(32, 32\)"):
+        setup(cfg, tmp_path / "r2")

@@ -144,6 +144,8 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
     dataset = PatchDataset(train_items, task)
+    for i in range(len(train_items)):  # a bad training pair fails now, not mid-epoch (and the cache fills)
+        dataset.load(i)
     run = Run(
         cfg=cfg, task=task, run_dir=run_dir, rank=rank, world=world, device=device, model=model,
         net=torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
