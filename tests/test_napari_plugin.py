@@ -89,17 +89,24 @@ def test_manifest_is_valid():
 _PROBE = "import napari, numpy as np; v = napari.Viewer(show=False); v.add_image(np.zeros((8, 8))); v.close()"
 
 
-@pytest.fixture(scope="module")
-def viewer_ok():
-    """Skip (with the reason) where a napari viewer cannot start; probed in a child so a Qt abort cannot kill pytest."""
+def _viewer_problem() -> str | None:
+    """Why a napari viewer cannot start here, or None. Probed in a child process, because Qt aborts the
+    process that fails to open a display; and at collection, because pytest-qt's session-wide QApplication
+    would be created (and abort) before any fixture of this module could skip."""
     proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120,
                           env=os.environ.copy())
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-        pytest.skip(f"napari viewer cannot start here (Qt/OpenGL): {lines[-1] if lines else proc.returncode}")
+    if proc.returncode == 0:
+        return None
+    lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+    return f"napari viewer cannot start here (Qt/OpenGL): {lines[-1] if lines else proc.returncode}"
 
 
-def test_widget_segments_in_a_worker_and_adds_a_labels_layer(viewer_ok, make_napari_viewer, qtbot, tmp_path):
+_PROBLEM = _viewer_problem()
+needs_viewer = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+
+
+@needs_viewer
+def test_widget_segments_in_a_worker_and_adds_a_labels_layer(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("biounet", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("biounet", "Segment")
@@ -119,7 +126,8 @@ def test_widget_segments_in_a_worker_and_adds_a_labels_layer(viewer_ok, make_nap
     assert shot.shape[0] > 300 and shot[..., :3].std() > 10  # a drawn window, not a blank frame
 
 
-def test_widget_probabilities_of_a_model_folder(viewer_ok, make_napari_viewer, qtbot):
+@needs_viewer
+def test_widget_probabilities_of_a_model_folder(make_napari_viewer, qtbot):
     from biounet import checkpoint
 
     viewer = make_napari_viewer()
