@@ -53,7 +53,7 @@ def _spec():
     return v0_5
 
 
-def test_input(task: str, sample: str | Path | None = None) -> np.ndarray:
+def make_test_input(task: str, sample: str | Path | None = None) -> np.ndarray:
     """The (1, 1, S, S) float32 test tensor: a centre crop of a shipped sample (or ``sample``), gray."""
     name, side = TEST_IMAGES.get(task, TEST_IMAGES["binary"])
     img = read_image(sample or SAMPLES / name).astype(np.float32)
@@ -155,7 +155,7 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
 
     import torch
 
-    from .export import ONNX_OPSET, _export_net, model_metadata, to_onnx, to_torchscript
+    from .export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
 
     v0_5 = _spec()
     cfg, module = checkpoint.load_module(folder)
@@ -167,7 +167,7 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
     ts = to_torchscript(module, probabilities=True, metadata=meta)
     (work / "weights_torchscript.pt").write_bytes(ts)
     traced = torch.jit.load(_io.BytesIO(ts))
-    x = test_input(cfg.task, sample)
+    x = make_test_input(cfg.task, sample)
     y = expected_output(traced, x)
     np.save(work / "test_input.npy", x)
     np.save(work / "test_output.npy", y)
