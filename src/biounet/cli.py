@@ -125,9 +125,7 @@ def predict(
                    compile=compile_)
     seg = _run(load_model, model, device=device, options=options)
     if instances:
-        import dataclasses
-
-        seg = dataclasses.replace(seg, post=dataclasses.replace(seg.post, mode="instances"))
+        seg = seg.with_post(mode="instances")
     todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")

@@ -50,6 +50,8 @@ def read_stack(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an image file")
+    if path.stat().st_size == 0:  # decoders report this as e.g. "KeyError: b''"
+        raise InputError(f"{path}: file is empty (0 bytes)")
     try:
         if _suffix(path) in (".tif", ".tiff"):
             arr = _read_tiff(path)

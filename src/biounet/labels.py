@@ -22,5 +22,6 @@ def check_labels(labels: np.ndarray, name: str = "labels", ndim: int | None = 2)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: expected an integer label image, got dtype {labels.dtype}")
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"{name}: label ids must be >= 0 (0 = background), found {labels.min()}")
+        raise ValueError(f"{name}: label ids must be >= 0 (0 = background), found negative values "
+                         f"(min {labels.min()})")
     return labels

@@ -7,7 +7,6 @@ stack, and the result arrives as a Labels layer (instances or mask) or an Image
 layer (probabilities) named after the input. Everything segmentation-specific
 is :mod:`biounet.predict`'s: the widget only gathers options and moves arrays.
 """
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from . import checkpoint
 from .io import InputError, output_kind, read_stack
+from .postprocess import foreground_prob
 
 if TYPE_CHECKING:
     import napari  # noqa: F401  (the widget's "napari.layers.Image" annotation; magicgui resolves it)
@@ -51,16 +51,13 @@ def segment_layer(
     total = len(images) + 1
     yield 0, total, "loading model"
     options = PredictOptions(tta=tta, diameter=diameter or None, tile=tile)
-    seg = load_model(model, options=options)
-    seg = dataclasses.replace(seg, post=dataclasses.replace(seg.post, mode="instances"))
+    seg = load_model(model, options=options).with_post(mode="instances")
     results = []
     for i, image in enumerate(images):
         yield i + 1, total, f"slice {i + 1}/{len(images)}" if len(images) > 1 else "segmenting"
         probs = seg.predict(image)
-        if output == "labels":
-            results.append(seg.segment_probs(probs))
-        else:  # (H, W) for a 1-channel head, (K, H, W) for classes
-            results.append((probs if probs.ndim == 2 else 1.0 - probs[0]).astype(np.float32))
+        results.append(seg.segment_probs(probs) if output == "labels"
+                       else foreground_prob(probs).astype(np.float32))
     yield total, total, "done"
     yield results[0] if len(results) == 1 else np.stack(results)
 

@@ -16,6 +16,7 @@ import numpy as np
 from .io import InputError, strip_alpha
 
 MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
+PERCENTILES = (1.0, 99.8)  # the intensity window of the percentile modes (also what a bioimage.io export says)
 
 
 def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray]:
@@ -34,7 +35,7 @@ def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray
     step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 4_000_000)))
     sample = np.asarray(image[::step, ::step], dtype=np.float32)
     if mode == "percentile":
-        lo, hi = np.percentile(sample, (1.0, 99.8))
+        lo, hi = np.percentile(sample, PERCENTILES)
     elif mode == "minmax":
         lo, hi = float(sample.min()), float(sample.max())
     elif mode in ("percentile_invert", "nuclei"):
@@ -79,7 +80,7 @@ def _bright_objects(sample: np.ndarray, red_for_colour: bool) -> tuple[float, fl
 
 def _percentiles(gray: np.ndarray) -> tuple[float, float, float]:
     """1st, 50th and 99.8th percentiles, the top kept at least 1e-6 above the bottom."""
-    lo, med, hi = (float(v) for v in np.percentile(gray, (1.0, 50.0, 99.8)))
+    lo, med, hi = (float(v) for v in np.percentile(gray, (PERCENTILES[0], 50.0, PERCENTILES[1])))
     return lo, med, max(hi, lo + 1e-6)
 
 

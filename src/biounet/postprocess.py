@@ -193,7 +193,7 @@ def cells_from_membrane(prob: NDArray, cfg: PostConfig) -> NDArray[np.int32]:
     return relabel_sequential(segmentation.watershed(prob, markers=seeds))
 
 
-def _foreground_prob(probs: NDArray) -> NDArray:
+def foreground_prob(probs: NDArray) -> NDArray:
     """``(H, W)`` foreground probability from ``(H, W)``, ``(1, H, W)`` or softmax ``(C, H, W)``."""
     probs = np.asarray(probs)
     if probs.ndim == 2:
@@ -218,11 +218,11 @@ def segment(probs: NDArray, cfg: PostConfig) -> NDArray:
     """
     probs = np.asarray(probs)
     if cfg.mode == "mask":
-        return threshold_mask(_foreground_prob(probs), cfg.threshold).astype(np.uint8) * np.uint8(255)
+        return threshold_mask(foreground_prob(probs), cfg.threshold).astype(np.uint8) * np.uint8(255)
     if cfg.mode == "instances":
         if probs.ndim == 3 and probs.shape[0] == 3:
             return instances_from_border_probs(probs, cfg)
-        return instances_from_prob(_foreground_prob(probs), cfg)
+        return instances_from_prob(foreground_prob(probs), cfg)
     raise ValueError(f"post.mode must be 'mask' or 'instances', got {cfg.mode!r}")
 
 

@@ -100,6 +100,10 @@ class Segmenter:
         """A Segmenter with some :class:`PredictOptions` changed, sharing this one's network."""
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **changes))
 
+    def with_post(self, **changes: Any) -> "Segmenter":
+        """A Segmenter with some post-processing settings changed (e.g. ``mode="instances"``)."""
+        return dataclasses.replace(self, post=dataclasses.replace(self.post, **changes))
+
     @property
     def scale(self) -> float:
         """Resize factor applied before the network (1 unless ``options.diameter`` is set)."""
@@ -359,8 +363,9 @@ def _overlay_mask(seg: Segmenter, result: np.ndarray, opts: OutputOptions) -> np
     """What an overlay outlines: the output itself, or the thresholded probabilities."""
     if not opts.probabilities:
         return result
-    fg = result if result.ndim == 2 else 1 - result[0]
-    return fg > seg.post.threshold
+    from .postprocess import foreground_prob
+
+    return foreground_prob(result) > seg.post.threshold
 
 
 def _kind(seg: Segmenter, opts: OutputOptions) -> str:

@@ -14,6 +14,7 @@ brings bioimageio.spec); biounet itself does not.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint
-from .io import InputError, read_image
+from .config import to_dict
+from .export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
+from .io import InputError, read_image, write_image
+from .normalize import PERCENTILES
+from .postprocess import foreground_prob
 
 SAMPLES = Path(__file__).parent / "samples"
 # (sample image, centre crop) per task: fluorescence for nuclei, where the spec's
@@ -31,7 +36,6 @@ TEST_IMAGES = {"nuclei": ("dsb2018/03398329ced0c23b9ac3fac84dd53a87d9ffe4d9d10f1
                "membrane": ("isbi2012/test-volume-15.tif", 256),
                "binary": ("isbi2012/test-volume-15.tif", 256)}
 CHANNELS = {"nuclei": ["background", "nucleus", "outline"], "membrane": ["membrane"], "binary": ["foreground"]}
-PERCENTILES = (1.0, 99.8)  # biounet.normalize's window
 EPS = 1e-6  # the spec's scale_range default; biounet's own is 1/max(hi - lo, 1e-6)
 CITATIONS = [
     ("Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
@@ -96,11 +100,10 @@ def _describable(cfg) -> str:
 
 def _cover(x: np.ndarray, probs: np.ndarray, path: Path) -> None:
     """A 2:1 cover: the test input beside the network's foreground probability."""
-    from .io import write_image
     from .overlay import to_display_rgb
 
     left = to_display_rgb(x[0, 0])
-    fg = probs[0, 1] if probs.shape[1] > 1 else probs[0, 0]
+    fg = foreground_prob(probs[0])
     right = np.repeat((np.clip(fg, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
     write_image(path, np.concatenate([left, right], axis=1))
 
@@ -110,7 +113,7 @@ def _readme(cfg, metrics: dict, post: dict, describable: str) -> str:
     scores = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     return f"""# {cfg.name}
 
-A 2D U-Net trained with [biounet](https://pypi.org/project/biounet/) (task `{cfg.task}`).
+A 2D U-Net trained with biounet (task `{cfg.task}`).
 
 - Input: one gray channel, axes (batch, channel, y, x), float32; y and x multiples of
   {cfg.model.pool_size ** cfg.model.depth}.
@@ -119,10 +122,9 @@ A 2D U-Net trained with [biounet](https://pypi.org/project/biounet/) (task `{cfg
 - Output: {len(head)} channel(s) ({", ".join(head)}), probabilities
   ({"softmax" if len(head) > 1 else "sigmoid"} inside the network), same y and x as the input.
 - biounet's post-processing, not part of this package: {post}.
-- Validation scores recorded when the model was trained: {scores}.
 
 The test input is a crop of a biounet sample image the model did not train on; the test output is what
-these weights give for it. Weights in ONNX (opset {_onnx_opset()}) and TorchScript.
+these weights give for it. Weights in ONNX (opset {ONNX_OPSET}) and TorchScript.
 
 # Validation
 
@@ -132,21 +134,9 @@ Scores on the validation images of the training run (biounet's own post-processi
 Training configuration (biounet `config.json`):
 
 ```json
-{_json(checkpoint.config_dict(cfg))}
+{json.dumps(checkpoint.config_dict(cfg), indent=2)}
 ```
 """
-
-
-def _onnx_opset() -> int:
-    from .export import ONNX_OPSET
-
-    return ONNX_OPSET
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=2)
 
 
 def describe(folder: Path, work: Path, sample: str | Path | None = None):
@@ -154,8 +144,6 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
     import io as _io
 
     import torch
-
-    from .export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
 
     v0_5 = _spec()
     cfg, module = checkpoint.load_module(folder)
@@ -172,10 +160,9 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
     np.save(work / "test_input.npy", x)
     np.save(work / "test_output.npy", y)
     _cover(x, y, work / "cover.png")
-    describable = _describable(cfg)
-    post = checkpoint.read_json(folder / "thresholds.json") if (folder / "thresholds.json").exists() else {}
-    (work / "README.md").write_text(_readme(cfg, checkpoint.read_metrics(folder), post, describable))
-    (work / "config.json").write_text(_json(checkpoint.config_dict(cfg)))
+    post = to_dict(checkpoint.load_post(folder, cfg.post))
+    (work / "README.md").write_text(_readme(cfg, checkpoint.read_metrics(folder), post, _describable(cfg)))
+    checkpoint.save_config(work, cfg)  # the model folder's own config.json, attached
 
     align = cfg.model.pool_size ** cfg.model.depth
     space_in = [v0_5.SpaceInputAxis(id=v0_5.AxisId(a), size=v0_5.ParameterizedSize(min=align, step=align))
@@ -203,7 +190,7 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
         license=v0_5.LicenseId("MIT"),
         documentation=v0_5.FileDescr(source=work / "README.md"),
         tags=["unet", "segmentation", "2d", "biounet", cfg.task],
-        attachments=[v0_5.FileDescr(source=work / "config.json")],
+        attachments=[v0_5.FileDescr(source=work / checkpoint.CONFIG)],
         inputs=[inputs],
         outputs=[outputs],
         weights=v0_5.WeightsDescr(

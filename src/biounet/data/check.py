@@ -63,9 +63,6 @@ def check_items(items: list[Item]) -> CheckReport:
             except InputError as exc:
                 report.errors.append(str(exc))
                 continue
-            if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-                report.errors.append(f"{item.labels or item.name}: labels are {lab.dtype}, expected integer labels")
-                continue
             s = stats.setdefault(modality(img), {"images": 0, "dtypes": Counter(), "channels": Counter(),
                                                  "objects": [], "areas": [], "foreground": []})
             s["images"] += 1

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, RunConfig
 from ..io import InputError, list_images, read_image, read_stack
+from ..labels import check_labels
 from ..normalize import network_input
 
 
@@ -56,38 +57,35 @@ class Item:
             img, lab = load_coco_image(self.extra), coco_labels(self.extra)
         else:
             raise ValueError(self.kind)
-        lab = check_labels(lab, str(self.labels or self.image))
+        lab = label_image(lab, str(self.labels or self.image))
         if img.shape[:2] != lab.shape[:2]:
             raise InputError(f"{self.labels or self.image}: mask size {lab.shape[:2]} != image size {img.shape[:2]}")
         return img, lab
 
 
-def check_labels(lab: np.ndarray, name: str) -> np.ndarray:
-    """A label image as (H, W) integers, or a one-line error for values that are not labels.
+def label_image(lab: np.ndarray, name: str) -> np.ndarray:
+    """A label file's array as an (H, W) label image, or a one-line error naming the file.
 
-    Refused: a colour picture of labels (channels that differ: channel 0 alone
-    would silently merge or drop objects), fractional or negative values, and
-    non-numeric data. A gray image saved as RGB and whole-number floats pass.
+    What files add to the label convention of :func:`biounet.labels.check_labels`
+    (which then checks dtype and sign): a colour picture of labels (channels that
+    differ; channel 0 alone would silently merge or drop objects) and fractional
+    floats are refused; a gray image saved as RGB and whole-number floats pass.
     """
     lab = np.asarray(lab)
     if lab.ndim == 3:
-        if lab.shape[-1] > 1 and not all(np.array_equal(lab[..., 0], lab[..., c]) for c in range(1, lab.shape[-1])):
+        if any(not np.array_equal(lab[..., 0], lab[..., c]) for c in range(1, lab.shape[-1])):
             raise InputError(f"{name}: labels have {lab.shape[-1]} differing channels (a colour picture?); "
                              "expected one label value per pixel")
         lab = lab[..., 0]
-    if lab.dtype == bool:
-        return lab
     if np.issubdtype(lab.dtype, np.floating):
         if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
             raise InputError(f"{name}: labels are {lab.dtype} with fractional or non-finite values; "
                              "expected integer labels")
         lab = lab.astype(np.int64)
-    elif not np.issubdtype(lab.dtype, np.integer):
-        raise InputError(f"{name}: labels are {lab.dtype}; expected integer labels")
-    if lab.size and lab.min() < 0:
-        raise InputError(f"{name}: labels contain negative values (min {lab.min()}); expected 0 = background, "
-                         "1, 2, ... = objects")
-    return lab
+    try:
+        return check_labels(lab, name)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def stack_items(images: str | Path, labels: str | Path) -> list[Item]:
