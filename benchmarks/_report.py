@@ -5,10 +5,13 @@ from pathlib import Path
 
 
 def training_minutes(model_dir: Path) -> tuple[int, float]:
-    """(epochs, minutes of training + validation) recorded in the model's history.jsonl."""
-    from biounet.checkpoint import read_history
+    """(epochs, minutes of training + validation) recorded in the model's history.jsonl (an ensemble: its members', summed)."""
+    from biounet.checkpoint import read_history, read_metrics
 
     hist = read_history(model_dir)
+    members = read_metrics(model_dir).get("members") if not hist else None
+    if members:
+        return sum(m["epochs"] for m in members), sum(m["minutes"] for m in members)
     if not hist:
         return 0, float("nan")
     return len(hist), sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60

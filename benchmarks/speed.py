@@ -5,11 +5,13 @@
 
 Inference rows, each the best of --repeats runs after a warm-up: the plain path (eager NCHW,
 batch norm separate, whole image: biounet's default before the fast path), the fast path (batch
-norm folded, channels-last), which is biounet's default `predict` (whole image up to 2048x2048),
-the fast path in tiles of 512 with its default overlap (a third of the receptive field; what larger
-images get), ONNX Runtime, and MONAI's `sliding_window_inference` (roi 256, overlap 0.25, gaussian, batch 8) on the plain module.
-Every row reports its largest difference from the plain untiled probabilities. Training rows:
-images/s of one optimiser step (batch 4, 256x256) NCHW and channels-last, and of the patch loader.
+norm folded, channels-last), which is biounet's default `predict` (whole image up to about 1448x1448,
+tiles of 512 with the default overlap beyond: a third of the receptive field), the fast path the other
+way (whole or tiled) for comparison, ONNX Runtime, and MONAI's `sliding_window_inference` (roi 256, overlap 0.25, gaussian, batch 8) on the plain module.
+Every row reports its largest difference from the plain untiled probabilities. Training rows, for
+the recipe before issue #12 (NCHW, base width 24), each change alone and `configs/dsb2018.toml` as it is:
+images/s of one optimiser step (batch 4, 256x256), and of steps fed by the real patch loader (what an
+epoch runs; needs the DSB zip).
 GFLOP/s is counted from the network's convolutions; the peak is a large channels-last 3x3
 convolution timed in the same run.
 """
@@ -93,52 +95,111 @@ def monai_row(seg, image: np.ndarray, repeats: int):
     return best_time(run, repeats)
 
 
-def training_rows(repeats: int) -> dict[str, float]:
-    """Images/s of one training step (batch 4 of 256x256) NCHW vs channels-last, and of the patch loader."""
-    from biounet.losses import get_loss
-    from biounet.models.unet import build_model
-    from biounet.tasks import load_config
-
-    cfg = load_config(ROOT / "configs/dsb2018.toml")
-    loss_fn = get_loss(cfg.train.loss, cfg.model.out_channels)
+def tile_sweep(seg, repeats: int, sizes=(1024, 1448, 2048)) -> dict[int, dict]:
+    """Seconds of ``predict`` per image side: one whole pass, and tiles of 1024 and 512 (default overlap)."""
     rows = {}
-    for name, cl in (("training step, NCHW (before)", False), ("training step, channels-last (now)", True)):
-        torch.manual_seed(0)
-        model = build_model(cfg.model).train()
-        x = torch.randn(4, 1, 256, 256)
-        y = torch.randint(0, 3, (4, 256, 256))
-        if cl:
-            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-        def step():
-            loss = loss_fn(model(x).float(), y, None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        seconds, _ = best_time(step, max(3, repeats))
-        rows[name] = 4 / seconds
-    rows.update(loader_rows(cfg))
+    for size in sizes:
+        image = test_image(size)
+        rows[size] = {"whole": best_time(lambda: seg.with_options(tile=size).predict(image), repeats)[0]}
+        for tile in (1024, 512):
+            if tile < size:
+                rows[size][tile] = best_time(lambda t=tile: seg.with_options(tile=t).predict(image), repeats)[0]
     return rows
 
 
-def loader_rows(cfg) -> dict[str, float]:
-    """Augmented patches/s from DSB images already decoded (the loader's steady state), if the data is here."""
+# The training recipe when issue #12 was filed: NCHW activations, base width 24.
+BEFORE = ["train.channels_last=false", "model.base_features=24"]
+
+
+def training_variants(cfg) -> dict[str, object]:
+    """Configs to time: the recipe before #12, each change alone, the shipped config, and it with(out) a loader worker."""
+    from biounet.tasks import apply_overrides
+
+    now = f"now: configs/dsb2018.toml (channels-last, base width {cfg.model.base_features})"
+    variants = {"before: NCHW, base width 24": apply_overrides(cfg, BEFORE),
+                "channels-last, base width 24": apply_overrides(cfg, ["model.base_features=24"]),
+                now: cfg}
+    if cfg.model.base_features == 24:
+        del variants["channels-last, base width 24"]
+    other = 1 - min(cfg.data.num_workers, 1)  # the patch loader in a worker process, or not
+    variants[f"the same with data.num_workers={other}"] = apply_overrides(cfg, [f"data.num_workers={other}"])
+    return variants
+
+
+def training_rows(repeats: int, batches: int) -> dict[str, dict[str, float]]:
+    """Training images/s of each variant: one optimiser step alone, and steps fed by the patch loader.
+
+    The second is what an epoch runs (``train.train_step`` on ``DataLoader`` batches of augmented DSB
+    patches, the config's ``num_workers``), timed over ``batches`` batches after two warm-up batches; it
+    needs the DSB zip beside the repository and is left out without it.
+    """
+    from biounet.tasks import load_config
+
+    cfg = load_config(ROOT / "configs/dsb2018.toml")
+    rows = {}
+    for name, c in training_variants(cfg).items():
+        rows[name] = {"step": step_rate(c, repeats)}
+        epoch = epoch_rate(c, batches)
+        if epoch is not None:
+            rows[name]["epoch"] = epoch
+    return rows
+
+
+def _run_for(cfg, dataset=None):
+    """A bare training ``Run`` for ``cfg`` (model, optimiser, loss), without reading the config's data."""
+    from torch.utils.data import DataLoader
+
+    from biounet.losses import get_loss
+    from biounet.models.unet import build_model
+    from biounet.tasks import get_task
+    from biounet.train import Run, make_optimizer, make_scheduler
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model.parameters())
+    loader = None if dataset is None else DataLoader(dataset, batch_size=cfg.train.batch_size, drop_last=True,
+                                                     num_workers=cfg.data.num_workers)
+    return Run(cfg=cfg, task=get_task(cfg), run_dir=Path("."), rank=0, world=1, device=torch.device("cpu"),
+               model=model, net=model, loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
+               opt=opt, sched=make_scheduler(cfg, opt), scaler=torch.amp.GradScaler("cuda", enabled=False),
+               dataset=dataset, loader=loader, val_items=[])
+
+
+def step_rate(cfg, repeats: int) -> float:
+    """Images/s of ``train.train_step`` on one fixed batch (no data loading)."""
+    from biounet.train import train_step
+
+    run = _run_for(cfg)
+    b, s = cfg.train.batch_size, cfg.data.patch_size
+    batch = {"image": torch.randn(b, cfg.model.in_channels, s, s),
+             "target": torch.randint(0, cfg.model.out_channels, (b, s, s))}
+    seconds, _ = best_time(lambda: train_step(run, batch), max(3, repeats))
+    return b / seconds
+
+
+def epoch_rate(cfg, batches: int) -> float | None:
+    """Images/s of ``train_step`` fed by the real loader (augmentation, targets) on decoded DSB images."""
     zip_path = ROOT.parent / "shared/data/dsb2018/stage1_train.zip"
     if not zip_path.is_file():
-        return {}
+        return None
     from biounet.data.dataset import PatchDataset, items_from_config
     from biounet.tasks import apply_overrides, get_task
+    from biounet.train import train_step
 
-    cfg = apply_overrides(cfg, [f"data.images={zip_path}"])
-    ds = PatchDataset(items_from_config(cfg.data)[:20], get_task(cfg))
-    for i in range(20):
-        ds.load(i)  # decode once, as the cache does in training
-    t0 = time.perf_counter()
-    for i in range(40):
-        ds[i]
-    return {"patch loader (augmentation + target, decoded images)": 40 / (time.perf_counter() - t0)}
+    cfg = apply_overrides(cfg, [f"data.images={zip_path}",
+                                f"data.patches_per_epoch={(batches + 2) * cfg.train.batch_size}"])
+    ds = PatchDataset(items_from_config(cfg.data)[:40], get_task(cfg))
+    for i in range(len(ds.items)):
+        ds.load(i)  # decoded once, as the training cache does before the first epoch
+    run = _run_for(cfg, ds)
+    t0 = None
+    for k, batch in enumerate(run.loader):
+        if k == 2:  # two warm-up batches (worker start, oneDNN kernels)
+            t0 = time.perf_counter()
+        train_step(run, batch)
+    return batches * cfg.train.batch_size / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -147,7 +208,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="0 = one per core available")
     ap.add_argument("--no-training", action="store_true")
+    ap.add_argument("--batches", type=int, default=12, help="loader-fed training batches timed per variant")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tile-sweep", action="store_true",
+                    help="also time whole-image passes against tiles of 1024 and 512 at 1024, 1448 and 2048 px "
+                         "(where predict's automatic tiling starts)")
     args = ap.parse_args()
 
     from _report import markdown_table
@@ -166,8 +231,11 @@ def main() -> None:
     cases = {  # tile=size: one tile covering the image, which equals the whole-image pass
         "plain: eager NCHW, whole image (biounet's default before)": seg.with_options(fast=False, tile=args.size),
         f"biounet default: fast path, {where}": seg,
-        "fast path, tiles of 512 (as images above 2048x2048 get)": seg.with_options(tile=512),
     }
+    if tiled:  # the other way, for comparison
+        cases["fast path, whole image (what images up to 1448x1448 get)"] = seg.with_options(tile=args.size)
+    else:
+        cases["fast path, tiles of 512 (what larger images get)"] = seg.with_options(tile=512)
     if onnxruntime_available():
         cases[f"ONNX Runtime, {where}"] = seg.with_options(backend="onnxruntime")
     results = {name: best_time(lambda s=s: s.predict(image), args.repeats) for name, s in cases.items()}
@@ -188,11 +256,18 @@ def main() -> None:
     report = {"size": args.size, "threads": threads, "kflop_per_pixel": fpp / 1e3, "peak_gflops": peak,
               "inference": {r[0]: dict(zip(["seconds", "mpx_s", "gflops", "of_peak", "speedup_vs_monai",
                                             "max_diff"], r[1:])) for r in rows}}
+    if args.tile_sweep:
+        sweep = tile_sweep(seg, args.repeats)
+        print("\n" + markdown_table(["image side", "whole image (s)", "tiles of 1024 (s)", "tiles of 512 (s)"],
+                                    [[k] + [v.get(t, "") for t in ("whole", 1024, 512)] for k, v in sweep.items()]))
+        report["tile_sweep"] = {str(k): {str(t): v for t, v in row.items()} for k, row in sweep.items()}
     if not args.no_training:
-        train = training_rows(args.repeats)
-        before = train["training step, NCHW (before)"]
-        print("\n" + markdown_table(["training", "images/s", "vs NCHW"],
-                                    [[k, v, v / before] for k, v in train.items()]))
+        train = training_rows(args.repeats, args.batches)
+        first = next(iter(train.values()))
+        cols = [k for k in ("step", "epoch") if k in first]
+        print("\n" + markdown_table(
+            ["training (batch 4 of 256x256)"] + [f"{c} images/s" for c in cols] + [f"{c} vs before" for c in cols],
+            [[k] + [v[c] for c in cols] + [v[c] / first[c] for c in cols] for k, v in train.items()]))
         report["training"] = train
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

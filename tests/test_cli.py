@@ -150,6 +150,14 @@ def test_models_lists_each_shipped_model_on_one_line():
         assert lines == ["no shipped models"]
     else:
         assert [ln.split()[0] for ln in lines] == names and all("validation:" in ln for ln in lines)
+        from biounet.checkpoint import load_config, read_metrics
+        from biounet.tasks import get_task
+
+        for line, folder in zip(lines, shipped_models().values()):  # held-out scores when the model has them
+            m, headline = read_metrics(folder), get_task(load_config(folder)).headline
+            held = [f"{k}={m['holdout_' + k]:.3f}" for k in headline if isinstance(m.get("holdout_" + k), float)]
+            assert ("held out" in line) == bool(held)
+            assert all(h in line.split("held out")[-1] for h in held)
 
 
 def test_train_needs_a_config_unless_resuming(tmp_path):

@@ -106,15 +106,15 @@ def test_read_submission_errors_name_file_and_line(tmp_path) -> None:
 
 
 # ---- the network as ONNX / TorchScript ------------------------------------------------
-def _tiny_run(tmp_path):
-    """A model folder written by checkpoint.py (random weights, non-trivial batch norm)."""
+def _tiny_run(tmp_path, members: int = 1):
+    """A model folder written by checkpoint.py (random weights, non-trivial batch norm; an ensemble if members > 1)."""
     import torch
 
     from biounet import checkpoint
     from biounet.models.unet import build_model
     from biounet.tasks import build_config
 
-    cfg = build_config({"task": "nuclei", "model": {"base_features": 4, "depth": 2}})
+    cfg = build_config({"task": "nuclei", "model": {"base_features": 4, "depth": 2, "members": members}})
     torch.manual_seed(0)
     net = build_model(cfg.model)
     for m in net.modules():
@@ -128,7 +128,8 @@ def _tiny_run(tmp_path):
     return folder, net.eval()
 
 
-def test_onnx_export_reproduces_torch_and_describes_itself(tmp_path):
+@pytest.mark.parametrize("members", [1, 2])
+def test_onnx_export_reproduces_torch_and_describes_itself(tmp_path, members):
     ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the optional 'onnx' extra")
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     import json
@@ -137,7 +138,7 @@ def test_onnx_export_reproduces_torch_and_describes_itself(tmp_path):
 
     from biounet.export import export_model
 
-    folder, net = _tiny_run(tmp_path)
+    folder, net = _tiny_run(tmp_path, members)
     out = export_model(folder, "onnx", tmp_path / "m.onnx")
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["biounet.task"] == "nuclei" and meta["biounet.normalize"] == "nuclei"
@@ -152,12 +153,13 @@ def test_onnx_export_reproduces_torch_and_describes_itself(tmp_path):
         assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
 
 
-def test_torchscript_export_reproduces_torch(tmp_path):
+@pytest.mark.parametrize("members", [1, 2])
+def test_torchscript_export_reproduces_torch(tmp_path, members):
     import torch
 
     from biounet.export import export_model
 
-    folder, net = _tiny_run(tmp_path)
+    folder, net = _tiny_run(tmp_path, members)
     out = export_model(folder, "torchscript", tmp_path / "m.pt")
     extra = {"biounet.task": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from biounet.config import ModelConfig
-from biounet.models.unet import UNet, receptive_field
+from biounet.models.unet import UNet, build_model, receptive_field
 
 
 def _convs(model: torch.nn.Module) -> int:
@@ -113,3 +113,22 @@ def test_geometry_is_the_tiling_contract():
     assert (geo.margin, geo.align, geo.min_input) == (net.margin, 4, net.valid_input_size(1))
     assert geo.context == receptive_field(net, 1)
     assert net.geometry is geo  # measured once
+
+
+def test_ensemble_returns_the_mean_of_its_members_probabilities_as_logits():
+    from biounet.models.unet import Ensemble, inference_copy
+
+    for out_channels in (1, 3):
+        cfg = ModelConfig(in_channels=2, out_channels=out_channels, base_features=4, depth=2, members=3)
+        torch.manual_seed(0)
+        ens = build_model(cfg).eval()
+        assert isinstance(ens, Ensemble) and len(ens.members) == 3
+        x = torch.randn(2, 2, 29, 35)
+        act = (lambda z: torch.sigmoid(z)) if out_channels == 1 else (lambda z: torch.softmax(z, 1))
+        with torch.no_grad():
+            expected = torch.stack([act(m(x)) for m in ens.members]).mean(0)
+            got = act(ens(x))
+            fast = act(inference_copy(ens)(x.contiguous(memory_format=torch.channels_last)))
+        assert got.shape == expected.shape == (2, out_channels, 29, 35)
+        assert (got - expected).abs().max() < 1e-5 and (fast - expected).abs().max() < 1e-4
+        assert ens.geometry == ens.members[0].geometry and ens.output_shape((29, 35)) == (29, 35)

@@ -100,3 +100,36 @@ def test_holdout_images_are_never_trained_or_tuned_on_and_scored_once(stack_file
     assert {"holdout_v_rand", "tuned_v_rand"} <= set(result)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["holdout_items"] == held and 0 <= on_disk["holdout_v_rand"] <= 1
+
+
+def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a_run(stack_files, tmp_path):
+    from biounet.train import ensemble
+
+    base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
+    train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
+    train(tiny_config(*stack_files, **base, **{"train.lr": 0.02}), tmp_path / "b", progress=False)
+    result = ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    assert {"tuned_v_rand", "holdout_v_rand"} <= set(result)
+    assert [m["epochs"] for m in result["members"]] == [1, 1] and all(m["minutes"] >= 0 for m in result["members"])
+    a, b, ab = (load_model(tmp_path / n) for n in ("a", "b", "ab"))
+    assert ab.config.model.members == 2 and result["holdout_items"] == json.loads(
+        (tmp_path / "a" / "metrics.json").read_text())["holdout_items"]
+    img = np.random.default_rng(1).integers(0, 255, (45, 38), dtype=np.uint8)
+    expected = (a.predict(img) + b.predict(img)) / 2
+    assert np.abs(ab.predict(img) - expected).max() < 1e-4
+
+
+def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):
+    import pytest
+
+    from biounet.io import InputError
+    from biounet.train import ensemble
+
+    base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
+    train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
+    train(tiny_config(*stack_files, **base, **{"train.seed": 3}), tmp_path / "b", progress=False)
+    with pytest.raises(InputError, match="validates or holds out other images"):
+        ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    train(tiny_config(*stack_files, **{"train.epochs": 1, "model.base_features": 6}), tmp_path / "c", progress=False)
+    with pytest.raises(InputError, match="model config differs"):
+        ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")

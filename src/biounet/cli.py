@@ -79,8 +79,11 @@ def models() -> None:
     for name, folder in found.items():
         task = get_task(_run(load_config, folder))
         m = read_metrics(folder)
-        scores = ", ".join(f"{k}={m['tuned_' + k]:.3f}" for k in task.headline if isinstance(m.get("tuned_" + k), float))
-        typer.echo(f"{name:24s} {task.name:9s} validation: {scores or 'n/a'}")
+        def scores(prefix: str) -> str:
+            return ", ".join(f"{k}={m[prefix + k]:.3f}" for k in task.headline if isinstance(m.get(prefix + k), float))
+
+        held = f"; held out (nothing picked on them): {scores('holdout_')}" if scores("holdout_") else ""
+        typer.echo(f"{name:24s} {task.name:9s} validation: {scores('tuned_') or 'n/a'}{held}")
 
 
 @app.command()
@@ -91,7 +94,7 @@ def predict(
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
     instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
-    tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to 2048x2048, tiles of 512 beyond)."),
+    tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to about 1448x1448 (2.1 Mpx), tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
     diameter: Optional[float] = typer.Option(
@@ -268,6 +271,24 @@ def train(
                    f"continue with: biounet train --out {out} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in (result or {}).items() if isinstance(v, float)))
+
+
+@app.command()
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder for the ensemble."),
+    data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
+    overwrite: bool = typer.Option(False, help="Replace an ensemble already in --out."),
+) -> None:
+    """Average the probabilities of runs trained on the same split; tune thresholds on their validation
+    images and score their held-out ones, as training does."""
+    _setup_logging(True)
+    if not overwrite and (out / "config.json").exists():
+        _fail(f"{out}: already holds a model; --overwrite replaces it")
+    from .train import ensemble as make_ensemble
+
+    result = _run(make_ensemble, runs, out, data)
+    typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
 
 
 @app.command()

@@ -35,6 +35,9 @@ class ModelConfig:
     dropout: float = 0.0  # Dropout2d at the end of the contracting path, as in the paper
     activation: Literal["relu", "leaky_relu", "elu", "gelu"] = "relu"
     upsampling: Literal["transpose", "resize"] = "transpose"  # resize = bilinear + 1x1 conv
+    # >1: that many U-Nets of this shape whose probabilities are averaged; made from trained runs by
+    # `biounet ensemble`, never trained as one
+    members: int = 1
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class RunConfig:
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.in_channels": (1, None), "model.out_channels": (1, None), "model.depth": (0, 10),
     "model.base_features": (1, None), "model.kernel_size": (1, None), "model.pool_size": (2, None),
-    "model.dropout": (0, 1),
+    "model.dropout": (0, 1), "model.members": (1, 16),
     "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
     "data.num_workers": (0, None),

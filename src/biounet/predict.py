@@ -34,7 +34,9 @@ from .normalize import NormalizedView
 
 log = logging.getLogger(__name__)
 
-AUTO_TILE_PIXELS = 2048 * 2048  # larger images are tiled even without --tile
+# larger images are tiled even without --tile: on the 2-core CPU, tiles of 512 overtook one whole pass of the
+# shipped nuclei net at about this size (benchmarks/speed.py --tile-sweep: equal at 1448², 12 % faster at 2048²)
+AUTO_TILE_PIXELS = 1448 * 1448
 DEFAULT_TILE = 512
 STREAM_PIXELS = 8192 * 8192  # larger images stream through memory-mapped files
 OVERLAY_MAX_SIDE = 4096  # overlays of streamed images are drawn at most this large

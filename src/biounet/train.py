@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import PostConfig, RunConfig
+from .io import InputError
 from .data.dataset import Item, PatchDataset, items_from_config, split_holdout, split_items
 from .losses import LossFn, get_loss
 from .models.unet import build_model
@@ -131,9 +132,9 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     seed_everything(cfg.train.seed + rank)
     task = get_task(cfg)
 
-    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, cfg.train.seed)
-    # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
-    train_items, val_items = split_items(rest, cfg.data, cfg.train.seed + (1 if holdout_items else 0))
+    if cfg.model.members > 1:
+        raise InputError("model.members > 1 is an ensemble of trained runs (biounet ensemble), not trained as one")
+    train_items, val_items, holdout_items = split_run(cfg)
     for item in val_items + holdout_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
         item.load()
     model = build_model(cfg.model)
@@ -169,6 +170,14 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         log.info("train %d images, validate %d (%s), hold out %d; %d parameters", len(train_items),
                  len(val_items), task.metric, len(holdout_items), sum(p.numel() for p in model.parameters()))
     return run
+
+
+def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
+    """(training, validation, held-out) items of a run: seeded by ``train.seed``, so reproducible."""
+    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, cfg.train.seed)
+    # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
+    train_items, val_items = split_items(rest, cfg.data, cfg.train.seed + (1 if holdout_items else 0))
+    return train_items, val_items, holdout_items
 
 
 # ---- the loop -------------------------------------------------------------------
@@ -331,6 +340,57 @@ def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: 
         metrics["holdout_items"] = [it.name for it in holdout_items]
     checkpoint.write_metrics(run_dir, metrics)
     return metrics
+
+
+def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = None) -> dict:
+    """Average finished runs' probabilities in one model folder, then tune and score it like a run.
+
+    The runs must share task, model shape, data and split (the validation and
+    held-out images), so that no member trained on an image the ensemble is
+    tuned or scored on; their training settings (loss weights, schedule) may
+    differ. Thresholds are tuned on the shared validation images and the
+    held-out ones are scored once (:func:`finish`). ``data`` replaces
+    ``data.images`` when the data has moved since training.
+    """
+    from .tasks import apply_overrides
+
+    if len(runs) < 2:
+        raise InputError("an ensemble needs at least two runs")
+    folders = [checkpoint.resolve_model(r) for r in runs]
+    cfgs = [checkpoint.load_config(f) for f in folders]
+    if data:
+        cfgs = [apply_overrides(c, [f"data.images={data}"]) for c in cfgs]
+    first = cfgs[0]
+    for f, c in zip(folders[1:], cfgs[1:]):
+        for key in ("task", "model", "data"):
+            if getattr(c, key) != getattr(first, key):
+                raise InputError(f"{f}: its {key} config differs from {folders[0]}'s; ensemble members must share it")
+    splits = [split_run(c) for c in cfgs]
+    names = [([it.name for it in val], [it.name for it in held]) for _, val, held in splits]
+    for f, n in zip(folders[1:], names[1:]):
+        if n != names[0]:
+            raise InputError(f"{f}: validates or holds out other images than {folders[0]} (another train.seed?)")
+    members = [build_model(c.model) for c in cfgs]
+    for f, m in zip(folders, members):
+        checkpoint.load_weights(f, m)
+    cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(folders)))
+    module = build_model(cfg.model)
+    for target, member in zip(module.members, members):
+        target.load_state_dict(member.state_dict())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_config(out_dir, cfg)
+    checkpoint.save_weights(out_dir / checkpoint.WEIGHTS, module)
+    checkpoint.write_metrics(out_dir, {"members": [member_record(f) for f in folders]})
+    _, val_items, holdout_items = splits[0]
+    return finish(out_dir, cfg, val_items, holdout_items)
+
+
+def member_record(run_dir: Path) -> dict:
+    """An ensemble member's folder, epochs and minutes of training + validation (from its history.jsonl)."""
+    hist = checkpoint.read_history(run_dir)
+    return {"run": str(run_dir), "epochs": len(hist),
+            "minutes": round(sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60, 2)}
 
 
 def median_diameter(label_images: list[np.ndarray]) -> float:

@@ -290,6 +290,46 @@ def inference_copy(module: UNet, channels_last: bool = True) -> UNet:
     return fast.to(memory_format=torch.channels_last) if channels_last else fast
 
 
-def build_model(cfg: ModelConfig) -> UNet:
-    """Registry entry point: a config rebuilds any checkpoint's network."""
-    return UNet(cfg)
+class Ensemble(nn.Module):
+    """``cfg.members`` U-Nets of one shape: the mean of their probabilities, returned as logits.
+
+    Averaging probabilities (not logits) is the usual ensemble; returning
+    ``log(mean softmax)`` (``logit(mean sigmoid)`` for one channel) keeps the
+    interface of :class:`UNet`, so tiling, TTA, the fast path and export treat
+    an ensemble like one network: softmax/sigmoid of the output gives the mean.
+    Geometry is the members' (they share ``cfg``).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.members = nn.ModuleList(UNet(cfg) for _ in range(cfg.members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = [m(x) for m in self.members]
+        if self.cfg.out_channels == 1:
+            return torch.logit(torch.stack([torch.sigmoid(z) for z in logits]).mean(0), eps=1e-7)
+        return torch.log(torch.stack([torch.softmax(z, 1) for z in logits]).mean(0).clamp_min(1e-12))
+
+    # geometry: every member's
+    def output_size(self, n: int) -> int:
+        return self.members[0].output_size(n)
+
+    def output_shape(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return self.members[0].output_shape(hw)
+
+    def valid_input_size(self, n: int) -> int:
+        return self.members[0].valid_input_size(n)
+
+    @property
+    def margin(self) -> int:
+        return self.members[0].margin
+
+    @property
+    def geometry(self) -> "NetGeometry":
+        return self.members[0].geometry
+
+
+def build_model(cfg: ModelConfig) -> UNet | Ensemble:
+    """Registry entry point: a config rebuilds any checkpoint's network (an :class:`Ensemble` if ``members > 1``)."""
+    return Ensemble(cfg) if cfg.members > 1 else UNet(cfg)
