@@ -284,3 +284,13 @@ def test_train_fails_at_start_on_a_bad_validation_pair(tmp_path):
                         "model": {"base_features": 4}})
     with pytest.raises(InputError, match=r"i2.png: mask size \(32, 30\) != image size \(32, 32\)"):
         setup(cfg, tmp_path / "r2")
+
+
+def test_ensemble_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
+    res = runner.invoke(app, ["ensemble", str(tiny_run), "-o", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "an ensemble needs at least two runs" in res.output
+    res = runner.invoke(app, ["ensemble", str(tiny_run), str(tmp_path / "nope"), "-o", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "nope: not a model folder" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "e").exists()  # nothing written before the inputs are checked
+    res = runner.invoke(app, ["ensemble", str(tiny_run), str(tiny_run), "-o", str(tiny_run)])
+    assert res.exit_code != 0 and "already holds a model" in res.output

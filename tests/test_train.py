@@ -117,6 +117,12 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
     img = np.random.default_rng(1).integers(0, 255, (45, 38), dtype=np.uint8)
     expected = (a.predict(img) + b.predict(img)) / 2
     assert np.abs(ab.predict(img) - expected).max() < 1e-4
+    import pytest
+
+    from biounet.io import InputError
+
+    with pytest.raises(InputError, match="is an ensemble already"):
+        ensemble([tmp_path / "ab", tmp_path / "a"], tmp_path / "aba")
 
 
 def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):

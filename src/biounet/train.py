@@ -360,6 +360,9 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     cfgs = [checkpoint.load_config(f) for f in folders]
     if data:
         cfgs = [apply_overrides(c, [f"data.images={data}"]) for c in cfgs]
+    for f, c in zip(folders, cfgs):
+        if c.model.members > 1:
+            raise InputError(f"{f}: is an ensemble already; give its member runs instead")
     first = cfgs[0]
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):
