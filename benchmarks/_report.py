@@ -6,15 +6,13 @@ from pathlib import Path
 
 def training_minutes(model_dir: Path) -> tuple[int, float]:
     """(epochs, minutes of training + validation) recorded in the model's history.jsonl (an ensemble: its members', summed)."""
-    from biounet.checkpoint import read_history, read_metrics
+    from biounet import checkpoint
 
-    hist = read_history(model_dir)
-    members = read_metrics(model_dir).get("members") if not hist else None
-    if members:
+    epochs, minutes = checkpoint.training_minutes(model_dir)
+    members = checkpoint.read_metrics(model_dir).get("members")
+    if not epochs and members:
         return sum(m["epochs"] for m in members), sum(m["minutes"] for m in members)
-    if not hist:
-        return 0, float("nan")
-    return len(hist), sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60
+    return (epochs, minutes) if epochs else (0, float("nan"))
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from _report import markdown_table, training_minutes
-    from biounet.checkpoint import read_history, read_metrics, resolve_model, validation_names
+    from biounet.checkpoint import read_history, resolve_model, unseen_images, validation_names
     from biounet.tasks import apply_overrides
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
@@ -69,11 +69,11 @@ def main() -> None:
         train(cfg, model, progress=False)
     seg = load_model(model)
     data_cfg = apply_overrides(seg.config, [f"data.images={args.data}"]).data
-    held = read_metrics(resolve_model(model)).get("holdout_items") or []
-    split = ("holdout" if held else "val") if args.split == "auto" else args.split
-    if split == "holdout" and not held:
+    split, names = unseen_images(resolve_model(model))
+    if args.split == "holdout" and split != "holdout":
         raise SystemExit(f"{model}: the run recorded no held-out images (train with data.holdout_fraction)")
-    names = held if split == "holdout" else validation_names(resolve_model(model))
+    if args.split == "val" and split != "val":
+        split, names = "val", validation_names(resolve_model(model))
     val = items_named(items_from_config(data_cfg), names)
     if args.limit:
         val = val[: args.limit]

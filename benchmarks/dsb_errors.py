@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from _report import markdown_table
-    from biounet.checkpoint import read_metrics, resolve_model, validation_names
+    from biounet.checkpoint import resolve_model, unseen_images
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import dsb_score
@@ -120,9 +120,9 @@ def main() -> None:
 
     seg = load_model(args.model)
     data = apply_overrides(seg.config, [f"data.images={args.data}"]).data
-    folder = resolve_model(args.model)
     # the held-out images when the run has them (as benchmarks/dsb2018.py scores), else the validation ones
-    val = items_named(items_from_config(data), read_metrics(folder).get("holdout_items") or validation_names(folder))
+    which, names = unseen_images(resolve_model(args.model))
+    val = items_named(items_from_config(data), names)
     by_kind: dict[str, Counter] = {}
     sizes: dict[str, list[float]] = {}
     scores: dict[str, list[float]] = {}
@@ -147,7 +147,7 @@ def main() -> None:
     total = sum(by_kind.values(), Counter())
     table.append([f"all ({len(val)})", float(np.mean([s for v in scores.values() for s in v]))]
                  + [int(total[k]) for k in keys] + [float(np.median([s for v in sizes.values() for s in v]))])
-    which = "held-out" if read_metrics(folder).get("holdout_items") else "validation"
+    which = "held-out" if which == "holdout" else "validation"
     print(f"{seg.name}: errors at IoU 0.5 on {len(val)} {which} images (true nuclei left unmatched, by cause)\n")
     print(markdown_table(["modality", "DSB", "true", "matched", "merged", "split", "missed", "poor outline",
                           "predicted", "false pos.", "median size error"], table))

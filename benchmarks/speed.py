@@ -146,25 +146,13 @@ def training_rows(repeats: int, batches: int) -> dict[str, dict[str, float]]:
 
 
 def _run_for(cfg, dataset=None):
-    """A bare training ``Run`` for ``cfg`` (model, optimiser, loss), without reading the config's data."""
-    from torch.utils.data import DataLoader
-
-    from biounet.losses import get_loss
-    from biounet.models.unet import build_model
-    from biounet.tasks import get_task
-    from biounet.train import Run, make_optimizer, make_scheduler
+    """The training ``Run`` that ``biounet train`` builds for ``cfg`` (on the CPU), without reading the config's data."""
+    from biounet.train import build_run
 
     torch.manual_seed(0)
-    model = build_model(cfg.model).train()
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters())
-    loader = None if dataset is None else DataLoader(dataset, batch_size=cfg.train.batch_size, drop_last=True,
-                                                     num_workers=cfg.data.num_workers)
-    return Run(cfg=cfg, task=get_task(cfg), run_dir=Path("."), rank=0, world=1, device=torch.device("cpu"),
-               model=model, net=model, loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
-               opt=opt, sched=make_scheduler(cfg, opt), scaler=torch.amp.GradScaler("cuda", enabled=False),
-               dataset=dataset, loader=loader, val_items=[])
+    run = build_run(cfg, dataset, torch.device("cpu"))
+    run.model.train()
+    return run
 
 
 def step_rate(cfg, repeats: int) -> float:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from biounet.checkpoint import read_metrics, shipped_models, validation_names
+from biounet.checkpoint import shipped_models, unseen_images
 from biounet.predict import load_model
 
 from .conftest import require_shared
@@ -46,10 +46,8 @@ def test_nuclei_model_on_validation_images():
     seg = _require_model("dsb2018-nuclei")
     zip_path = require_shared("dsb2018", "stage1_train.zip")
     data = apply_overrides(seg.config, [f"data.images={zip_path}"]).data
-    folder = shipped_models()["dsb2018-nuclei"]
     # held-out images if the model has them (never trained on, nothing picked on them), else validation ones
-    names = read_metrics(folder).get("holdout_items") or validation_names(folder)
-    val = items_named(items_from_config(data), names)
+    val = items_named(items_from_config(data), unseen_images(shipped_models()["dsb2018-nuclei"])[1])
     pairs = []
     for item in val[:6]:
         img, truth = load_dsb_pair(item.extra)

@@ -229,6 +229,18 @@ def read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def training_minutes(run_dir: Path) -> tuple[int, float]:
+    """(epochs, minutes of training + validation) from a run's history.jsonl; (0, 0.0) without one."""
+    hist = read_history(run_dir)
+    return len(hist), sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60
+
+
+def unseen_images(run_dir: Path) -> tuple[str, list[str]]:
+    """("holdout", names) if the run held images out (nothing was picked on them), else ("val", names)."""
+    held = read_metrics(run_dir).get("holdout_items")
+    return ("holdout", list(held)) if held else ("val", validation_names(run_dir))
+
+
 # ---- shipping -------------------------------------------------------------------------
 def ship(run_dir: Path, dest: Path) -> Path:
     """Copy a finished run into ``dest`` as a model folder: fp16 weights, config, thresholds, metrics."""

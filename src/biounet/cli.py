@@ -82,7 +82,8 @@ def models() -> None:
         def scores(prefix: str) -> str:
             return ", ".join(f"{k}={m[prefix + k]:.3f}" for k in task.headline if isinstance(m.get(prefix + k), float))
 
-        held = f"; held out (nothing picked on them): {scores('holdout_')}" if scores("holdout_") else ""
+        held = scores("holdout_")
+        held = f"; held out (nothing picked on them): {held}" if held else ""
         typer.echo(f"{name:24s} {task.name:9s} validation: {scores('tuned_') or 'n/a'}{held}")
 
 

@@ -34,8 +34,8 @@ from .normalize import NormalizedView
 
 log = logging.getLogger(__name__)
 
-# larger images are tiled even without --tile: on the 2-core CPU, tiles of 512 overtook one whole pass of the
-# shipped nuclei net at about this size (benchmarks/speed.py --tile-sweep: equal at 1448², 12 % faster at 2048²)
+# larger images are tiled even without --tile: on the 2-core CPU, one whole pass of the shipped nuclei net was as
+# fast or faster up to this size and tiles of 512 were faster at 2048² (benchmarks/speed.py --tile-sweep)
 AUTO_TILE_PIXELS = 1448 * 1448
 DEFAULT_TILE = 512
 STREAM_PIXELS = 8192 * 8192  # larger images stream through memory-mapped files

@@ -137,28 +137,11 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     train_items, val_items, holdout_items = split_run(cfg)
     for item in val_items + holdout_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
         item.load()
-    model = build_model(cfg.model)
-    if cfg.train.init_weights and not resume:
-        checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)
-    model = model.to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters())
     dataset = PatchDataset(train_items, task)
     for i in range(len(train_items)):  # a bad training pair fails now, not mid-epoch (and the cache fills)
         dataset.load(i)
-    run = Run(
-        cfg=cfg, task=task, run_dir=run_dir, rank=rank, world=world, device=device, model=model,
-        net=torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
-        loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
-        opt=opt, sched=make_scheduler(cfg, opt),
-        scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
-        dataset=dataset,
-        loader=DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
-                          num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0),
-        val_items=val_items,
-        holdout_items=holdout_items,
-    )
+    run = build_run(cfg, dataset, device, run_dir, rank, world, init_weights=not resume)
+    run.val_items, run.holdout_items = val_items, holdout_items
     if resume:
         restore_state(run, checkpoint.load_state(run_dir / checkpoint.STATE))
     elif run.main:
@@ -168,8 +151,34 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         checkpoint.save_config(run_dir, cfg)
         run.writer = _tensorboard(run_dir)
         log.info("train %d images, validate %d (%s), hold out %d; %d parameters", len(train_items),
-                 len(val_items), task.metric, len(holdout_items), sum(p.numel() for p in model.parameters()))
+                 len(val_items), task.metric, len(holdout_items), sum(p.numel() for p in run.model.parameters()))
     return run
+
+
+def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device, run_dir: Path = Path("."),
+              rank: int = 0, world: int = 1, init_weights: bool = True) -> Run:
+    """Model (on ``device``, channels-last if configured), optimiser, schedule, loss and loader for ``cfg``.
+
+    ``benchmarks/speed.py`` times training steps on what this builds; ``dataset`` None builds no loader.
+    """
+    model = build_model(cfg.model)
+    if cfg.train.init_weights and init_weights:
+        checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model.parameters())
+    loader = None if dataset is None else DataLoader(
+        dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
+        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+    return Run(
+        cfg=cfg, task=get_task(cfg), run_dir=Path(run_dir), rank=rank, world=world, device=device, model=model,
+        net=torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
+        loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
+        opt=opt, sched=make_scheduler(cfg, opt),
+        scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
+        dataset=dataset, loader=loader, val_items=[],
+    )
 
 
 def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
@@ -391,9 +400,8 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
 
 def member_record(run_dir: Path) -> dict:
     """An ensemble member's folder, epochs and minutes of training + validation (from its history.jsonl)."""
-    hist = checkpoint.read_history(run_dir)
-    return {"run": str(run_dir), "epochs": len(hist),
-            "minutes": round(sum(h["seconds"] + h.get("val_time", 0) for h in hist) / 60, 2)}
+    epochs, minutes = checkpoint.training_minutes(run_dir)
+    return {"run": str(run_dir), "epochs": epochs, "minutes": round(minutes, 2)}
 
 
 def median_diameter(label_images: list[np.ndarray]) -> float:
