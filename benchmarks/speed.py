@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/speed.py                         # 2048x2048, needs `pip install monai` for its row
     .venv/bin/python benchmarks/speed.py --size 1024 --repeats 1 # quicker
 
-Inference rows, each the best of --repeats runs after a warm-up: the plain path (eager NCHW,
+Inference rows, each the best of --repeats runs after a warm-up, the rows timed in turns (round 1 of
+every row, then round 2, ...) so that the machine's drift within the run hits them alike: the plain path (eager NCHW,
 batch norm separate, whole image: biounet's default before the fast path), the fast path (batch
 norm folded, channels-last), which is biounet's default `predict` (whole image up to about 1448x1448,
 tiles of 512 with the default overlap beyond: a third of the receptive field), the fast path the other
-way (whole or tiled) for comparison, ONNX Runtime, and MONAI's `sliding_window_inference` (roi 256, overlap 0.25, gaussian, batch 8) on the plain module.
+way (whole or tiled) for comparison, ONNX Runtime both ways (its own automatic tiling starts at a larger
+size), and MONAI's `sliding_window_inference` (roi 256, overlap 0.25, gaussian, batch 8) on the plain module.
 Every row reports its largest difference from the plain untiled probabilities. Training rows, for
 the recipe before issue #12 (NCHW, base width 24), each change alone and `configs/dsb2018.toml` as it is:
 images/s of one optimiser step (batch 4, 256x256), and of steps fed by the real patch loader (what an
@@ -38,6 +40,20 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return min(times), out
+
+
+def best_times_interleaved(fns: dict[str, object], repeats: int) -> dict[str, tuple[float, object]]:
+    """``best_time`` for several rows, taken in turns: warm-up of every row, then ``repeats`` rounds
+    that each time every row once. On a shared machine whose speed drifts within a run, a slow spell
+    then hits every row of a round instead of the rows that happened to run during it."""
+    outs = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (min(times[name]), outs[name]) for name in fns}
 
 
 def conv_flops_per_pixel(module: torch.nn.Module, in_channels: int, side: int = 64) -> float:
@@ -78,7 +94,8 @@ def test_image(size: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(sample, reps)[:size, :size])
 
 
-def monai_row(seg, image: np.ndarray, repeats: int):
+def monai_fn(seg, image: np.ndarray):
+    """MONAI's sliding window on the plain module, as a call that returns the probabilities (None: no MONAI)."""
     try:
         from monai.inferers import sliding_window_inference
     except ImportError:
@@ -92,7 +109,7 @@ def monai_row(seg, image: np.ndarray, repeats: int):
                                          overlap=0.25, mode="gaussian")
         return y[0].numpy()
 
-    return best_time(run, repeats)
+    return run
 
 
 def tile_sweep(seg, repeats: int, sizes=(1024, 1448, 2048)) -> dict[int, dict]:
@@ -100,10 +117,10 @@ def tile_sweep(seg, repeats: int, sizes=(1024, 1448, 2048)) -> dict[int, dict]:
     rows = {}
     for size in sizes:
         image = test_image(size)
-        rows[size] = {"whole": best_time(lambda: seg.with_options(tile=size).predict(image), repeats)[0]}
-        for tile in (1024, 512):
-            if tile < size:
-                rows[size][tile] = best_time(lambda t=tile: seg.with_options(tile=t).predict(image), repeats)[0]
+        segs = {"whole": seg.with_options(tile=size)}
+        segs.update({tile: seg.with_options(tile=tile) for tile in (1024, 512) if tile < size})
+        timed = best_times_interleaved({k: (lambda s=s: s.predict(image)) for k, s in segs.items()}, repeats)
+        rows[size] = {k: seconds for k, (seconds, _) in timed.items()}
     return rows
 
 
@@ -224,12 +241,19 @@ def main() -> None:
         cases["fast path, whole image (what images up to 1448x1448 get)"] = seg.with_options(tile=args.size)
     else:
         cases["fast path, tiles of 512 (what larger images get)"] = seg.with_options(tile=512)
-    if onnxruntime_available():
-        cases[f"ONNX Runtime, {where}"] = seg.with_options(backend="onnxruntime")
-    results = {name: best_time(lambda s=s: s.predict(image), args.repeats) for name, s in cases.items()}
-    monai = monai_row(seg, image, args.repeats)
+    if onnxruntime_available():  # its automatic tiling (predict.AUTO_TILE_PIXELS_ONNX), and the other way
+        ort = seg.with_options(backend="onnxruntime")
+        if ort.uses_tiles(image.shape[:2]):
+            cases["ONNX Runtime, auto tiles"] = ort
+            cases["ONNX Runtime, whole image"] = ort.with_options(tile=args.size)
+        else:
+            cases["ONNX Runtime, auto: whole image"] = ort
+            cases["ONNX Runtime, tiles of 512"] = ort.with_options(tile=512)
+    fns = {name: (lambda s=s: s.predict(image)) for name, s in cases.items()}
+    monai = monai_fn(seg, image)
     if monai is not None:
-        results["MONAI sliding_window_inference (roi 256, overlap 0.25, gaussian, batch 8)"] = monai
+        fns["MONAI sliding_window_inference (roi 256, overlap 0.25, gaussian, batch 8)"] = monai
+    results = best_times_interleaved(fns, args.repeats)
     plain = "plain: eager NCHW, whole image (biounet's default before)"
     ref = results[plain][1]
     base = results.get("MONAI sliding_window_inference (roi 256, overlap 0.25, gaussian, batch 8)", results[plain])[0]

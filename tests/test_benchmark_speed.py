@@ -34,3 +34,19 @@ def test_step_rate_runs_a_real_training_step_and_changes_the_weights():
     assert math.isfinite(loss) and not torch.equal(w0, run.model.head.weight)
     rate = speed.step_rate(cfg, repeats=1)
     assert math.isfinite(rate) and rate > 0
+
+
+def test_interleaved_timing_takes_turns_and_keeps_each_rows_best(monkeypatch):
+    calls = []
+    clock = iter(range(1000))
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
+
+    def row(name):
+        def fn():
+            calls.append(name)
+            return name
+        return fn
+
+    out = speed.best_times_interleaved({"a": row("a"), "b": row("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4  # warm-up round, then three rounds of every row in turn
+    assert out == {"a": (1, "a"), "b": (1, "b")}  # each timed call spans one tick of the fake clock

@@ -172,3 +172,18 @@ def test_onnxruntime_backend_matches_torch(padding, hw):
     np.testing.assert_allclose(ort.predict(img), seg.with_options(fast=False).predict(img), atol=1e-4)
     np.testing.assert_allclose(ort.with_options(tta=True, tile=32).predict(img),
                                seg.with_options(fast=False, tta=True, tile=32).predict(img), atol=1e-4)
+
+
+def test_automatic_tiling_starts_later_on_onnxruntime(monkeypatch):
+    """Each backend runs images whole up to its own size (ONNX Runtime was faster whole at 2048², torch tiled)."""
+    monkeypatch.setattr(P, "AUTO_TILE_PIXELS", 100 * 100)
+    monkeypatch.setattr(P, "AUTO_TILE_PIXELS_ONNX", 200 * 200)
+    monkeypatch.setattr(P, "onnxruntime_available", lambda: True)
+    seg = make_segmenter(base_features=4, depth=2)
+    torch_seg, ort, auto = seg, seg.with_options(backend="onnxruntime"), seg.with_options(backend="auto")
+    assert [s.uses_tiles((100, 100)) for s in (torch_seg, ort, auto)] == [False, False, False]
+    assert [s.uses_tiles((150, 150)) for s in (torch_seg, ort, auto)] == [True, False, False]
+    assert [s.uses_tiles((201, 200)) for s in (torch_seg, ort, auto)] == [True, True, True]
+    assert ort.with_options(tile=64).uses_tiles((100, 100))  # an explicit --tile always tiles
+    monkeypatch.setattr(P, "onnxruntime_available", lambda: False)
+    assert auto.uses_tiles((150, 150))  # auto without ONNX Runtime is torch

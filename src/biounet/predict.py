@@ -6,7 +6,7 @@ immutable (``with_options`` returns a new one sharing the network).
 ``predict`` returns probabilities at the image's own size; ``segment`` turns
 them into a mask or instance labels through the run's task.
 
-Images up to ``AUTO_TILE_PIXELS`` go through the network whole (test-time
+Images up to ``AUTO_TILE_PIXELS`` (``AUTO_TILE_PIXELS_ONNX`` on ONNX Runtime) go through the network whole (test-time
 augmentation too: each flip/rotation of the whole image); larger ones, or any
 image when ``tile`` is set, go through the overlap-tile engine of
 :mod:`biounet.tiling`, which reads the image lazily and writes into any array,
@@ -29,7 +29,7 @@ import torch
 from . import checkpoint
 from .config import PostConfig, RunConfig
 from .io import InputError
-from .models.unet import UNet
+from .models.unet import Ensemble, UNet
 from .normalize import NormalizedView
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # larger images are tiled even without --tile: on the 2-core CPU, one whole pass of the shipped nuclei net was as
 # fast or faster up to this size and tiles of 512 were faster at 2048² (benchmarks/speed.py --tile-sweep)
 AUTO_TILE_PIXELS = 1448 * 1448
+# ONNX Runtime ran a whole 2048² image faster than tiles of 512, where torch ran it slower
+# (benchmarks/speed.py, rows "ONNX Runtime, whole image" and "..., auto tiles", same run)
+AUTO_TILE_PIXELS_ONNX = 2048 * 2048
 DEFAULT_TILE = 512
 STREAM_PIXELS = 8192 * 8192  # larger images stream through memory-mapped files
 OVERLAY_MAX_SIDE = 4096  # overlays of streamed images are drawn at most this large
@@ -46,7 +49,8 @@ OVERLAY_MAX_SIDE = 4096  # overlays of streamed images are drawn at most this la
 class PredictOptions:
     """How a :class:`Segmenter` runs the network; fixed once built.
 
-    ``tile`` 0 = whole image up to ``AUTO_TILE_PIXELS``, ``DEFAULT_TILE`` beyond;
+    ``tile`` 0 = whole image up to ``AUTO_TILE_PIXELS`` (``AUTO_TILE_PIXELS_ONNX`` on ONNX Runtime),
+    ``DEFAULT_TILE`` beyond;
     ``overlap`` None = a third of the network's receptive field
     (:func:`biounet.tiling.fit_tiles`); ``batch_size`` 0 = one tile per pass on
     the CPU (about 0.25 Mpx per pass ran fastest here), four on a GPU; ``tta`` averages the 8
@@ -87,7 +91,7 @@ class PredictOptions:
 class Segmenter:
     """A model ready to predict: network + config + post-processing thresholds + options."""
 
-    module: UNet
+    module: UNet | Ensemble  # an ensemble has the same interface (margin, geometry, valid_input_size)
     config: RunConfig
     post: PostConfig
     name: str = ""
@@ -147,8 +151,14 @@ class Segmenter:
 
         return get_task(self.config).segment(probs, self.post)
 
+    @property
+    def uses_onnxruntime(self) -> bool:
+        o = self.options
+        return o.backend == "onnxruntime" or (o.backend == "auto" and onnxruntime_available())
+
     def uses_tiles(self, hw: tuple[int, int]) -> bool:
-        return bool(self.options.tile or hw[0] * hw[1] > AUTO_TILE_PIXELS)
+        whole_up_to = AUTO_TILE_PIXELS_ONNX if self.uses_onnxruntime else AUTO_TILE_PIXELS
+        return bool(self.options.tile or hw[0] * hw[1] > whole_up_to)
 
     def predict_prepared(self, x: Any, out: Any = None) -> Any:
         """Normalized (C, H, W) (array or lazy view) -> (K, H, W) float32 probabilities.
@@ -193,7 +203,7 @@ class Segmenter:
         ``with_options`` makes a new Segmenter, which builds its own.
         """
         o = self.options
-        if o.backend == "onnxruntime" or (o.backend == "auto" and onnxruntime_available()):
+        if self.uses_onnxruntime:
             return OnnxRunner(self.module)
         if not o.fast:
             return self.module
@@ -243,7 +253,7 @@ class OnnxRunner:
     cropped back, so both backends see the same pixels.
     """
 
-    def __init__(self, module: UNet) -> None:
+    def __init__(self, module: UNet | Ensemble) -> None:
         if not onnxruntime_available():
             raise InputError("--backend onnxruntime needs ONNX Runtime: pip install 'biounet[onnx]'")
         import onnxruntime as ort

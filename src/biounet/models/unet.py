@@ -273,7 +273,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def inference_copy(module: UNet, channels_last: bool = True) -> UNet:
+def inference_copy(module: "UNet | Ensemble", channels_last: bool = True) -> "UNet | Ensemble":
     """A frozen copy for prediction: eval mode, batch norm folded, optionally channels-last weights.
 
     The fast CPU path (``PredictOptions.fast``): on this project's 2-core AVX2
