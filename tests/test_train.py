@@ -139,3 +139,18 @@ def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_
     train(tiny_config(*stack_files, **{"train.epochs": 1, "model.base_features": 6}), tmp_path / "c", progress=False)
     with pytest.raises(InputError, match="model config differs"):
         ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
+
+
+def test_amp_runs_only_on_cuda(stack_files):
+    """train.amp asks for mixed precision; on a CPU it stays off (bf16/fp16 autocast there is far slower)."""
+    from biounet.train import build_run
+
+    cfg = tiny_config(*stack_files, **{"train.amp": "true"})
+    assert cfg.train.amp
+    cpu = build_run(cfg, None, torch.device("cpu"))
+    assert not cpu.use_amp and not cpu.scaler.is_enabled()
+    off = build_run(tiny_config(*stack_files, **{"train.amp": "false"}), None, torch.device("cpu"))
+    assert not off.use_amp
+    if torch.cuda.is_available():  # where a GPU is lent, the same config turns both on
+        gpu = build_run(cfg, None, torch.device("cuda"))
+        assert gpu.use_amp and gpu.scaler.is_enabled()
