@@ -33,13 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
     """(best seconds of ``repeats`` calls after one warm-up, the last result)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+    return best_times_interleaved({"": fn}, repeats)[""]
 
 
 def best_times_interleaved(fns: dict[str, object], repeats: int) -> dict[str, tuple[float, object]]:

@@ -79,12 +79,14 @@ def models() -> None:
     for name, folder in found.items():
         task = get_task(_run(load_config, folder))
         m = read_metrics(folder)
-        def scores(prefix: str) -> str:
-            return ", ".join(f"{k}={m[prefix + k]:.3f}" for k in task.headline if isinstance(m.get(prefix + k), float))
-
-        held = scores("holdout_")
+        held = _scores(m, task.headline, "holdout_")
         held = f"; held out (nothing picked on them): {held}" if held else ""
-        typer.echo(f"{name:24s} {task.name:9s} validation: {scores('tuned_') or 'n/a'}{held}")
+        typer.echo(f"{name:24s} {task.name:9s} validation: {_scores(m, task.headline, 'tuned_') or 'n/a'}{held}")
+
+
+def _scores(metrics: dict, headline: tuple[str, ...], prefix: str) -> str:
+    """'dsb=0.581, ap50=0.781' from a metrics.json's ``prefix``-ed headline scores ('' if it has none)."""
+    return ", ".join(f"{k}={metrics[prefix + k]:.3f}" for k in headline if isinstance(metrics.get(prefix + k), float))
 
 
 @app.command()

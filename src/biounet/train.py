@@ -382,13 +382,10 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     for f, n in zip(folders[1:], names[1:]):
         if n != names[0]:
             raise InputError(f"{f}: validates or holds out other images than {folders[0]} (another train.seed?)")
-    members = [build_model(c.model) for c in cfgs]
-    for f, m in zip(folders, members):
-        checkpoint.load_weights(f, m)
     cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(folders)))
     module = build_model(cfg.model)
-    for target, member in zip(module.members, members):
-        target.load_state_dict(member.state_dict())
+    for f, member in zip(folders, module.members):
+        checkpoint.load_weights(f, member)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_config(out_dir, cfg)
