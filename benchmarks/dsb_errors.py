@@ -8,7 +8,10 @@ every one left unmatched is put in one class, in this order:
 
 * merged: the predicted object covering most of it covers most of another true nucleus too;
 * split: two or more predicted objects each cover at least 20 % of it;
-* missed: predicted objects cover less than 20 % of it;
+* missed: predicted objects cover less than 20 % of it. With the network's foreground probability
+  a miss is also put down to the network ("unseen": no pixel of it above the foreground threshold)
+  or to post-processing ("dropped": the network saw it, but its object fell below min_size or
+  went to a neighbour);
 * poor outline: the rest (one object overlaps it, but with IoU <= 0.5).
 
 Unmatched predicted objects that lie mostly (> 80 %) on true background are false positives. For
@@ -28,8 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COVER = 0.2  # a predicted object "covers" a nucleus when it holds this share of its pixels
 
 
-def classify(truth: np.ndarray, pred: np.ndarray) -> tuple[Counter, list[float]]:
-    """Error counts and matched-pair relative size errors for one image."""
+def classify(truth: np.ndarray, pred: np.ndarray, foreground: np.ndarray | None = None,
+             threshold: float = 0.5) -> tuple[Counter, list[float]]:
+    """Error counts and matched-pair relative size errors for one image.
+
+    ``foreground`` (the network's foreground probability, same shape) splits the misses into
+    "missed unseen" (no pixel above ``threshold``) and "missed dropped" (the rest).
+    """
     from biounet.metrics.instance import match
 
     m = match(truth, pred, 0.5)
@@ -64,6 +72,9 @@ def classify(truth: np.ndarray, pred: np.ndarray) -> tuple[Counter, list[float]]
             counts["split"] += 1
         elif share.size == 0 or share.max() < COVER:
             counts["missed"] += 1
+            if foreground is not None:
+                seen = foreground[truth == t_ids[i]].max() > threshold
+                counts["missed dropped" if seen else "missed unseen"] += 1
         else:
             counts["poor outline"] += 1
     for j in range(len(p_ids)):
@@ -115,6 +126,7 @@ def main() -> None:
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import dsb_score
+    from biounet.postprocess import foreground_prob
     from biounet.predict import load_model
     from biounet.tasks import apply_overrides
 
@@ -127,11 +139,14 @@ def main() -> None:
     sizes: dict[str, list[float]] = {}
     scores: dict[str, list[float]] = {}
     images = []
+    misses: Counter = Counter()
     for item in val:
         img, truth = load_dsb_pair(item.extra)
-        pred = seg.segment(img, item.name)
+        probs = seg.predict_prepared(seg.view(img, item.name))
+        pred = seg.segment_probs(probs)
         kind = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour / H&E"}[modality(img)]
-        counts, rel = classify(truth, pred)
+        counts, rel = classify(truth, pred, foreground_prob(probs), seg.post.threshold)
+        misses[item.name[:12]] = counts["missed"]
         by_kind.setdefault(kind, Counter()).update(counts)
         sizes.setdefault(kind, []).extend(rel)
         score = dsb_score(truth, pred)
@@ -151,6 +166,10 @@ def main() -> None:
     print(f"{seg.name}: errors at IoU 0.5 on {len(val)} {which} images (true nuclei left unmatched, by cause)\n")
     print(markdown_table(["modality", "DSB", "true", "matched", "merged", "split", "missed", "poor outline",
                           "predicted", "false pos.", "median size error"], table))
+    print(f"\nmissed nuclei: {total['missed unseen']} unseen by the network (foreground probability never above "
+          f"{seg.post.threshold}), {total['missed dropped']} seen but dropped by post-processing (min_size "
+          f"{seg.post.min_size}, or taken by a neighbour); most in: "
+          + ", ".join(f"{name} {n}" for name, n in misses.most_common(3)))
     images.sort(key=lambda r: r[0])
     print("\nworst images: " + ", ".join(f"{name[:12]} {score:.3f}" for score, name, *_ in images[: args.worst]))
     sheet([(name, img, truth, pred, score) for score, name, img, truth, pred in images[: args.worst]], args.sheet)

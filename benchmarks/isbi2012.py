@@ -97,16 +97,26 @@ def main() -> None:
         print(f"with TTA: thinned V-Rand {tta_sweep[seg.post.threshold]:.4f} at threshold {seg.post.threshold}, "
               "by threshold " + ", ".join(f"{t}: {v:.4f}" for t, v in tta_sweep.items())
               + f"; cell instances un-thinned {tta_inst['v_rand']:.4f} / V-Info {tta_inst['v_info']:.4f}")
+    noise = {}
     if hist:
         last = [round(h["val_v_rand"], 3) for h in hist[-15:] if "val_v_rand" in h]
         print(f"validation V-Rand of the last {len(last)} epochs (history.jsonl): {last}")
+        # How far the epoch-picked score sits above what the last epochs score in turn: the picked
+        # epoch is the best of a noisy series on 5 slices, so differences smaller than the spread
+        # between neighbouring epochs are not a measured gain.
+        tail = [h["val_v_rand"] for h in hist if "val_v_rand" in h][-10:]
+        if len(tail) > 1:
+            noise = {"n_epochs": len(tail), "mean": float(np.mean(tail)), "sd": float(np.std(tail, ddof=1)),
+                     "best_epoch_v_rand": float(max(h["val_v_rand"] for h in hist if "val_v_rand" in h))}
+            print(f"validation V-Rand of the last {len(tail)} epochs: mean {noise['mean']:.4f}, "
+                  f"sd {noise['sd']:.4f} (best epoch of the run: {noise['best_epoch_v_rand']:.4f})")
         print(f"fastest epoch: {min(h['seconds'] for h in hist):.1f} s")
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction: {seconds / len(val):.2f} s per 512x512 slice")
     if args.json:
         args.json.write_text(json.dumps({"val_slices": val, "results": rows, "train_minutes": train_min,
                                          "unthinned_mask": unthinned, "instances": instances,
-                                         "instances_by_threshold": inst_sweep, "tta": tta_rows,
+                                         "instances_by_threshold": inst_sweep, "tta": tta_rows, "last_epochs_v_rand": noise,
                                          "predict_seconds_per_slice": seconds / len(val)}, indent=2))
 
 

@@ -31,3 +31,19 @@ def test_each_error_kind_is_counted_once():
     assert counts["tp"] == 1 and counts["n_true"] == 6 and counts["n_pred"] == 6
     assert (counts["merged"], counts["split"], counts["missed"], counts["poor outline"], counts["fp"]) == (2, 1, 1, 1, 1)
     assert sizes == [0.0]
+
+
+def test_misses_are_put_down_to_the_network_or_to_post_processing():
+    truth = np.zeros((20, 40), np.int32)
+    box(truth, 1, 2, 2)  # the network never saw it
+    box(truth, 2, 2, 20)  # the network saw it (0.9), post-processing dropped it
+    pred = np.zeros_like(truth)
+    foreground = np.full(truth.shape, 0.1, np.float32)
+    foreground[2:8, 20:26] = 0.9
+    foreground[2:8, 2:8] = 0.55  # above 0.5 but not above the threshold used below
+    counts, _ = classify(truth, pred, foreground, threshold=0.6)
+    assert (counts["missed"], counts["missed unseen"], counts["missed dropped"]) == (2, 1, 1)
+    counts, _ = classify(truth, pred, foreground, threshold=0.5)
+    assert (counts["missed unseen"], counts["missed dropped"]) == (0, 2)
+    counts, _ = classify(truth, pred)
+    assert counts["missed"] == 2 and "missed unseen" not in counts

@@ -1,5 +1,6 @@
 """Training end to end on tiny synthetic stacks: run folder, resume, reload."""
 import json
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -141,6 +142,19 @@ def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_
         ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
 
 
+def test_ensemble_takes_runs_of_other_seeds_that_fix_the_split(stack_files, tmp_path):
+    """Two initialisations (train.seed 0 and 3) on one split (data.split_seed=0) make an ensemble."""
+    from biounet.train import ensemble
+
+    base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
+    train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
+    train(tiny_config(*stack_files, **base, **{"train.seed": 3, "data.split_seed": 0}), tmp_path / "b",
+          progress=False)
+    result = ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    held_a = json.loads((tmp_path / "a" / "metrics.json").read_text())["holdout_items"]
+    assert result["holdout_items"] == held_a and "holdout_v_rand" in result
+
+
 def test_amp_runs_only_on_cuda(stack_files):
     """train.amp asks for mixed precision; on a CPU it stays off (bf16/fp16 autocast there is far slower)."""
     from biounet.train import build_run
@@ -154,3 +168,24 @@ def test_amp_runs_only_on_cuda(stack_files):
     if torch.cuda.is_available():  # where a GPU is lent, the same config turns both on
         gpu = build_run(cfg, None, torch.device("cuda"))
         assert gpu.use_amp and gpu.scaler.is_enabled()
+
+
+def test_split_seed_keeps_the_split_while_train_seed_changes():
+    """data.split_seed fixes which images are held out and validated; train.seed alone moves them."""
+    from biounet.config import DataConfig
+    from biounet.data.dataset import Item
+    from biounet.train import split_run
+
+    items = [Item(name=f"im{i}", kind="file", image=f"im{i}.tif") for i in range(40)]
+    base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
+
+    def names(cfg):
+        with patch("biounet.train.items_from_config", return_value=items):
+            return [[it.name for it in part] for part in split_run(cfg)]
+
+    seed0 = names(base)
+    assert names(apply_overrides(base, ["data.split_seed=0", "train.seed=5"])) == seed0
+    assert names(apply_overrides(base, ["train.seed=5"])) != seed0
+    assert names(apply_overrides(base, ["data.split_seed=5"])) == names(apply_overrides(base, ["train.seed=5"]))
+    train_names, val_names, held_names = seed0
+    assert len(held_names) == 8 and len(val_names) == 6 and not set(train_names) & (set(val_names) | set(held_names))

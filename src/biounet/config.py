@@ -56,6 +56,9 @@ class DataConfig:
     # a seeded fraction held out before the validation split: never trained on, never used to pick the
     # epoch or thresholds, scored once at the end (a selection-free score beside the tuned one)
     holdout_fraction: float = 0.0
+    # seeds the held-out and validation draws; -1 = train.seed. Fix it to train again with another
+    # train.seed (initialisation, patch order) on the same images, e.g. to measure seed-to-seed spread
+    split_seed: int = -1
     patch_size: int = 256
     patches_per_epoch: int = 200
     # see biounet.normalize: per-image percentiles, optionally as one "objects are bright" channel
@@ -125,7 +128,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.in_channels": (1, None), "model.out_channels": (1, None), "model.depth": (0, 10),
     "model.base_features": (1, None), "model.kernel_size": (1, None), "model.pool_size": (2, None),
     "model.dropout": (0, 1), "model.members": (1, 16),
-    "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1), "data.patch_size": (1, None),
+    "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1),
+    "data.split_seed": (-1, None), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
     "data.num_workers": (0, None),
     "augment.elastic_sigma": (0, None), "augment.elastic_grid": (2, None),

@@ -182,10 +182,12 @@ def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device
 
 
 def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
-    """(training, validation, held-out) items of a run: seeded by ``train.seed``, so reproducible."""
-    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, cfg.train.seed)
+    """(training, validation, held-out) items of a run: seeded by ``data.split_seed`` (default
+    ``train.seed``), so reproducible."""
+    seed = cfg.data.split_seed if cfg.data.split_seed >= 0 else cfg.train.seed
+    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, seed)
     # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
-    train_items, val_items = split_items(rest, cfg.data, cfg.train.seed + (1 if holdout_items else 0))
+    train_items, val_items = split_items(rest, cfg.data, seed + (1 if holdout_items else 0))
     return train_items, val_items, holdout_items
 
 
@@ -373,15 +375,22 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         if c.model.members > 1:
             raise InputError(f"{f}: is an ensemble already; give its member runs instead")
     first = cfgs[0]
+
+    def shared(c: RunConfig, key: str) -> Any:
+        # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below
+        part = getattr(c, key)
+        return dataclasses.replace(part, split_seed=-1) if key == "data" else part
+
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):
-            if getattr(c, key) != getattr(first, key):
+            if shared(c, key) != shared(first, key):
                 raise InputError(f"{f}: its {key} config differs from {folders[0]}'s; ensemble members must share it")
     splits = [split_run(c) for c in cfgs]
     names = [([it.name for it in val], [it.name for it in held]) for _, val, held in splits]
     for f, n in zip(folders[1:], names[1:]):
         if n != names[0]:
-            raise InputError(f"{f}: validates or holds out other images than {folders[0]} (another train.seed?)")
+            raise InputError(f"{f}: validates or holds out other images than {folders[0]} "
+                             "(another train.seed or data.split_seed?)")
     cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(folders)))
     module = build_model(cfg.model)
     for f, member in zip(folders, module.members):
