@@ -116,7 +116,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"val_slices": val, "results": rows, "train_minutes": train_min,
                                          "unthinned_mask": unthinned, "instances": instances,
-                                         "instances_by_threshold": inst_sweep, "tta": tta_rows, "last_epochs_v_rand": noise,
+                                         "instances_by_threshold": inst_sweep, "tta": tta_rows,
+                                         "last_epochs_v_rand": noise,
                                          "predict_seconds_per_slice": seconds / len(val)}, indent=2))
 
 
