@@ -1,7 +1,11 @@
-"""Shared bits of the accuracy benchmarks: training time from a run's history, markdown tables."""
+"""Shared bits of the accuracy benchmarks: training time from a run's history, markdown tables, modality names."""
 from __future__ import annotations
 
 from pathlib import Path
+
+
+# biounet.data.dataset.modality's names, as the DSB tables print them
+MODALITY_NAMES = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour / H&E"}
 
 
 def training_minutes(model_dir: Path) -> tuple[int, float]:

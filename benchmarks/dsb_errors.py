@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--worst", type=int, default=6)
     args = ap.parse_args()
 
-    from _report import markdown_table
+    from _report import MODALITY_NAMES, markdown_table
     from biounet.checkpoint import resolve_model, unseen_images
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
@@ -144,7 +144,7 @@ def main() -> None:
         img, truth = load_dsb_pair(item.extra)
         probs = seg.predict_prepared(seg.view(img, item.name))
         pred = seg.segment_probs(probs)
-        kind = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour / H&E"}[modality(img)]
+        kind = MODALITY_NAMES[modality(img)]
         counts, rel = classify(truth, pred, foreground_prob(probs), seg.post.threshold)
         misses[item.name[:12]] = counts["missed"]
         by_kind.setdefault(kind, Counter()).update(counts)

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
-    from _report import markdown_table
+    from _report import MODALITY_NAMES, markdown_table
     from biounet.checkpoint import resolve_model, unseen_images, validation_names
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.metrics.instance import evaluate_instances
@@ -60,9 +60,11 @@ def main() -> None:
     items = items_from_config(cfg.data)
     t0 = time.perf_counter()
     val = predict_items(seg, items_named(items, validation_names(run)))
-    held = predict_items(seg, items_named(items, held_names))
-    shown = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour / H&E"}  # as dsb_errors.py
-    kinds = {it.name: shown[modality(it.load()[0])] for it in items_named(items, held_names)}
+    held, kinds = [], {}
+    for item in items_named(items, held_names):  # as predict_items, keeping each image's modality
+        img, lab = item.load()
+        kinds[item.name] = MODALITY_NAMES[modality(img)]
+        held.append((item.name, seg.predict_prepared(seg.view(img, item.name)), lab))
     print(f"network on {len(val)} validation + {len(held)} held-out images: {time.perf_counter() - t0:.0f} s")
 
     grid = {**task.grid, **parse_grid(args.grid)}

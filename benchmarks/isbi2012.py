@@ -99,15 +99,16 @@ def main() -> None:
               + f"; cell instances un-thinned {tta_inst['v_rand']:.4f} / V-Info {tta_inst['v_info']:.4f}")
     noise = {}
     if hist:
-        last = [round(h["val_v_rand"], 3) for h in hist[-15:] if "val_v_rand" in h]
+        scored = [h["val_v_rand"] for h in hist if "val_v_rand" in h]
+        last = [round(v, 3) for v in scored[-15:]]
         print(f"validation V-Rand of the last {len(last)} epochs (history.jsonl): {last}")
         # How far the epoch-picked score sits above what the last epochs score in turn: the picked
         # epoch is the best of a noisy series on 5 slices, so differences smaller than the spread
         # between neighbouring epochs are not a measured gain.
-        tail = [h["val_v_rand"] for h in hist if "val_v_rand" in h][-10:]
+        tail = scored[-10:]
         if len(tail) > 1:
             noise = {"n_epochs": len(tail), "mean": float(np.mean(tail)), "sd": float(np.std(tail, ddof=1)),
-                     "best_epoch_v_rand": float(max(h["val_v_rand"] for h in hist if "val_v_rand" in h))}
+                     "best_epoch_v_rand": float(max(scored))}
             print(f"validation V-Rand of the last {len(tail)} epochs: mean {noise['mean']:.4f}, "
                   f"sd {noise['sd']:.4f} (best epoch of the run: {noise['best_epoch_v_rand']:.4f})")
         print(f"fastest epoch: {min(h['seconds'] for h in hist):.1f} s")
