@@ -4,6 +4,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -50,3 +52,19 @@ def test_interleaved_timing_takes_turns_and_keeps_each_rows_best(monkeypatch):
     out = speed.best_times_interleaved({"a": row("a"), "b": row("b")}, repeats=3)
     assert calls == ["a", "b"] * 4  # warm-up round, then three rounds of every row in turn
     assert out == {"a": (1, "a"), "b": (1, "b")}  # each timed call spans one tick of the fake clock
+
+
+def test_speed_rows_time_one_network_of_the_shipped_pair():
+    """The speed rows compare ways of running one network; the shipped nuclei model averages two."""
+    from biounet.checkpoint import shipped_models
+    from biounet.predict import load_model
+
+    if "dsb2018-nuclei" not in shipped_models():
+        pytest.skip("dsb2018-nuclei is not shipped in this checkout")
+    seg = load_model("dsb2018-nuclei")
+    one = speed.first_network(seg)
+    assert one.config.model.members == 1 and one.module is seg.module.members[0]
+    assert speed.first_network(one) is one
+    x = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+    single = one.predict_prepared(x)
+    assert single.shape == (3, 64, 64) and not np.allclose(single, seg.predict_prepared(x), atol=1e-4)

@@ -189,3 +189,42 @@ def test_split_seed_keeps_the_split_while_train_seed_changes():
     assert names(apply_overrides(base, ["data.split_seed=5"])) == names(apply_overrides(base, ["train.seed=5"]))
     train_names, val_names, held_names = seed0
     assert len(held_names) == 8 and len(val_names) == 6 and not set(train_names) & (set(val_names) | set(held_names))
+
+
+def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
+    """data.modalities drops other modalities after the split: an expert's held-out and validation
+    images are exactly the unfiltered run's images of its modality, so the two compare image for image."""
+    import pytest
+    import tifffile
+
+    from biounet.config import DataConfig
+    from biounet.data.dataset import Item, modality
+    from biounet.io import InputError
+    from biounet.train import split_run
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(30):
+        if i % 3:  # fluorescence: dark background
+            img = (rng.random((16, 16)) * 40).astype(np.uint8)
+        else:  # stained: light and coloured
+            img = np.dstack([np.full((16, 16), v, np.uint8) for v in (200, 120, 220)])
+        path, labels = tmp_path / f"im{i}.tif", tmp_path / f"lab{i}.tif"
+        tifffile.imwrite(path, img)
+        tifffile.imwrite(labels, np.zeros((16, 16), np.uint8))
+        items.append(Item(name=f"im{i}", kind="file", image=str(path), labels=str(labels)))
+    base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
+
+    def parts(cfg):
+        with patch("biounet.train.items_from_config", return_value=items):
+            return [[it.name for it in part] for part in split_run(cfg)]
+
+    colour = {f"im{i}" for i in range(0, 30, 3)}
+    assert {it.name for it in items if modality(it.load()[0]) == "colour"} == colour
+    expert = parts(apply_overrides(base, ['data.modalities=["colour"]']))
+    assert expert == [[n for n in part if n in colour] for part in parts(base)]
+    assert sum(map(len, expert)) == len(colour) and all(expert)
+    with pytest.raises(InputError, match="no training image of modality bright"):
+        parts(apply_overrides(base, ['data.modalities=["bright"]']))
+    with pytest.raises(InputError, match="data.modalities"):
+        apply_overrides(base, ['data.modalities=["purple"]'])

@@ -68,6 +68,10 @@ class DataConfig:
     sigma: float = 5.0
     num_workers: int = 0
     balance: bool = False  # sample images so each modality (fluorescence/brightfield/colour) weighs the same
+    # train, validate and score only images of these modalities ("dark" = fluorescence, "bright" =
+    # brightfield, "colour" = stained), chosen after the split: a modality expert keeps the held-out
+    # and validation images of the run without the filter, so the two compare image for image
+    modalities: tuple[Literal["dark", "bright", "colour"], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .config import PostConfig, RunConfig
 from .io import InputError
-from .data.dataset import Item, PatchDataset, items_from_config, split_holdout, split_items
+from .data.dataset import Item, PatchDataset, items_from_config, keep_modalities, split_holdout, split_items
 from .losses import LossFn, get_loss
 from .models.unet import build_model
 from .predict import Segmenter
@@ -188,7 +188,12 @@ def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
     rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, seed)
     # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
     train_items, val_items = split_items(rest, cfg.data, seed + (1 if holdout_items else 0))
-    return train_items, val_items, holdout_items
+    parts = (train_items, val_items, holdout_items)
+    if cfg.data.modalities:  # after the split, so each part is the unfiltered run's, less other modalities
+        parts = tuple(keep_modalities(p, cfg.data.modalities) for p in parts)
+        if not parts[0]:
+            raise InputError(f"{cfg.data.images}: no training image of modality {', '.join(cfg.data.modalities)}")
+    return parts
 
 
 # ---- the loop -------------------------------------------------------------------

@@ -220,6 +220,11 @@ def modality(image: np.ndarray) -> str:
     return "bright" if float(img.mean()) / scale > 0.4 else "dark"
 
 
+def keep_modalities(items: list[Item], modalities: tuple[str, ...]) -> list[Item]:
+    """The items whose image is of one of ``modalities`` (see :func:`modality`); reads every image once."""
+    return [item for item in items if modality(item.load()[0]) in modalities]
+
+
 def modality_weights(items: list[Item]) -> np.ndarray:
     """Sampling probabilities that give each modality equal total weight.
 
