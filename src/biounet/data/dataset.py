@@ -220,9 +220,14 @@ def modality(image: np.ndarray) -> str:
     return "bright" if float(img.mean()) / scale > 0.4 else "dark"
 
 
+def item_modalities(items: list[Item]) -> list[str]:
+    """:func:`modality` of each item's image; reads every item once."""
+    return [modality(item.load()[0]) for item in items]
+
+
 def keep_modalities(items: list[Item], modalities: tuple[str, ...]) -> list[Item]:
-    """The items whose image is of one of ``modalities`` (see :func:`modality`); reads every image once."""
-    return [item for item in items if modality(item.load()[0]) in modalities]
+    """The items whose image is of one of ``modalities``."""
+    return [item for item, kind in zip(items, item_modalities(items)) if kind in modalities]
 
 
 def modality_weights(items: list[Item]) -> np.ndarray:
@@ -231,7 +236,7 @@ def modality_weights(items: list[Item]) -> np.ndarray:
     DSB 2018 is ~85 % fluorescence; without balancing, the rare brightfield and
     H&E images are seen too seldom to be learned. Reads every image once.
     """
-    kinds = [modality(item.load()[0]) for item in items]
+    kinds = item_modalities(items)
     counts = {k: kinds.count(k) for k in set(kinds)}
     w = np.array([1.0 / counts[k] for k in kinds])
     return w / w.sum()
