@@ -10,7 +10,7 @@ every one left unmatched is put in one class, in this order:
 * split: two or more predicted objects each cover at least 20 % of it;
 * missed: predicted objects cover less than 20 % of it. With the network's foreground probability
   a miss is also put down to the network ("unseen": no pixel of it above the foreground threshold)
-  or to post-processing ("dropped": the network saw it, but its object fell below min_size or
+  or to post-processing ("dropped": the network saw it, but its object fell below min_size or min_score, or
   went to a neighbour);
 * poor outline: the rest (one object overlaps it, but with IoU <= 0.5).
 
@@ -168,7 +168,7 @@ def main() -> None:
                           "predicted", "false pos.", "median size error"], table))
     print(f"\nmissed nuclei: {total['missed unseen']} unseen by the network (foreground probability never above "
           f"{seg.post.threshold}), {total['missed dropped']} seen but dropped by post-processing (min_size "
-          f"{seg.post.min_size}, or taken by a neighbour); most in: "
+          f"{seg.post.min_size}, min_score {seg.post.min_score}, or taken by a neighbour); most in: "
           + ", ".join(f"{name} {n}" for name, n in misses.most_common(3)))
     images.sort(key=lambda r: r[0])
     print("\nworst images: " + ", ".join(f"{name[:12]} {score:.3f}" for score, name, *_ in images[: args.worst]))

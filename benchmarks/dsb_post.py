@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/dsb_post.py                                   # shipped model, task grid
     .venv/bin/python benchmarks/dsb_post.py --model runs/nuclei --grid min_size=20,40,60,80
+    .venv/bin/python benchmarks/dsb_post.py --no-refine     # the task grid alone, without its refine stage
 
 The network runs once per image (validation and held-out); every post-processing setting is then
 applied to the cached probabilities. The grid (the nuclei task's own, with --grid entries replacing
-or adding fields of PostConfig) is searched on the run's validation images only, as training does;
+or adding fields of PostConfig), then the task's refine grid around its best setting, is searched on
+the run's validation images only, as training does;
 the held-out images are scored once with the model's stored thresholds and once with the choice,
 so a gain here is free of selection. Use it before changing post-processing code or the task grid.
 """
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
     ap.add_argument("--grid", action="append", default=[], help="field=v1,v2,... (repeatable)")
+    ap.add_argument("--no-refine", action="store_true", help="search --grid only, not the task's refine grid after it")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
@@ -45,10 +48,9 @@ def main() -> None:
     from biounet.checkpoint import resolve_model, unseen_images, validation_names
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.metrics.instance import evaluate_instances
-    from biounet.postprocess import tune_thresholds
     from biounet.predict import load_model
     from biounet.tasks import apply_overrides, get_task
-    from biounet.train import predict_items
+    from biounet.train import predict_items, tune_post
 
     seg = load_model(args.model)
     cfg = apply_overrides(seg.config, [f"data.images={args.data}"])
@@ -69,10 +71,11 @@ def main() -> None:
 
     grid = {**task.grid, **parse_grid(args.grid)}
     t0 = time.perf_counter()
-    chosen, val_score = tune_thresholds([p for _, p, _ in val], [lab for _, _, lab in val], task.segment,
-                                        task.image_score, grid, seg.post)
-    n_settings = int(np.prod([len(v) for v in grid.values()]))
-    print(f"grid {grid}: {n_settings} settings on validation in {time.perf_counter() - t0:.0f} s")
+    refine = {} if args.no_refine else task.refine
+    chosen, val_scores = tune_post(task, val, seg.post, grid, refine)  # as training tunes: grid, then refine
+    val_score = val_scores[task.metric]
+    n_settings = sum(int(np.prod([len(v) for v in g.values()])) for g in (grid, refine) if g)
+    print(f"grid {grid}, then {refine}: {n_settings} settings on validation in {time.perf_counter() - t0:.0f} s")
     stored_val = float(np.mean([task.image_score(lab, task.segment(p, seg.post)) for _, p, lab in val]))
 
     rows, by_kind = {}, {}
@@ -91,8 +94,9 @@ def main() -> None:
                           + [float(np.mean(by_kind[k][m])) for m in sorted(by_kind[k])] for k, r in rows.items()]))
     if args.json:
         args.json.write_text(json.dumps({
-            "model": args.model, "grid": grid, "stored": dataclasses.asdict(seg.post),
-            "chosen": {k: getattr(chosen, k) for k in grid}, "validation": {"stored": stored_val, "chosen": val_score},
+            "model": args.model, "grid": grid, "refine": refine, "stored": dataclasses.asdict(seg.post),
+            "chosen": {k: getattr(chosen, k) for k in {**grid, **refine}},
+            "validation": {"stored": stored_val, "chosen": val_score},
             "holdout": rows, "holdout_by_modality": {k: {m: float(np.mean(v)) for m, v in d.items()}
                                                      for k, d in by_kind.items()}}, indent=2, default=str))
 

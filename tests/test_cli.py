@@ -294,3 +294,16 @@ def test_ensemble_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     assert not (tmp_path / "e").exists()  # nothing written before the inputs are checked
     res = runner.invoke(app, ["ensemble", str(tiny_run), str(tiny_run), "-o", str(tiny_run)])
     assert res.exit_code != 0 and "already holds a model" in res.output
+
+
+def test_retune_stores_fresh_thresholds_and_refuses_a_missing_model(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # the fixture is shared: retune a copy
+    (run / "thresholds.json").unlink()
+    res = runner.invoke(app, ["retune", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "tuned_v_rand=" in res.output and (run / "thresholds.json").is_file()
+    res = runner.invoke(app, ["retune", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope: not a model folder" in res.output and "Traceback" not in res.output

@@ -116,6 +116,50 @@ def test_contour_probs_split_touching_disks_and_restore_their_full_extent():
     assert abs(int((labels > 0).sum()) - int((truth > 0).sum())) < 0.05 * (truth > 0).sum()
 
 
+def _weak_border_probs(truth: np.ndarray, dip: float) -> np.ndarray:
+    """Touching disks whose shared border the network only half saw: interior dips to ``dip`` there."""
+    probs = _border_probs(truth, contours=True)
+    interior = ndimage.gaussian_filter((truth > 0).astype(float), 1.0)
+    interior[:, 26:29] = np.minimum(interior[:, 26:29], dip)  # the shared edge, columns 26..28
+    rest = 1.0 - interior
+    return np.stack([rest * probs[0] / (probs[0] + probs[2]), interior, rest * probs[2] / (probs[0] + probs[2])])
+
+
+def test_seed_h_splits_a_seed_at_a_dip_the_seed_threshold_misses():
+    truth = _touching_disks()
+    probs = _weak_border_probs(truth, dip=0.8)  # stays above seed_threshold 0.7: one seed
+    assert instances_from_border_probs(probs, INSTANCES).max() == 1
+    split = instances_from_border_probs(probs, dataclasses.replace(INSTANCES, seed_h=0.1))
+    assert split.max() == 2 and _mean_best_iou(truth, split) > 0.85
+    # a dip shallower than seed_h is no cut: the two peaks stay one seed
+    assert instances_from_border_probs(probs, dataclasses.replace(INSTANCES, seed_h=0.3)).max() == 1
+
+
+def test_seed_h_leaves_a_single_disk_whole():
+    truth = np.zeros((40, 40), dtype=np.int32)
+    truth[disk((20, 20), 12, shape=truth.shape)] = 1
+    probs = _border_probs(truth, contours=True)
+    rng = np.random.default_rng(0)
+    bumps = ndimage.gaussian_filter(rng.normal(0, 1, probs[1].shape), 2.0)
+    probs[1] = np.clip(probs[1] + 0.02 * bumps / bumps.std(), 0, 1)  # a smoothly bumpy plateau, as networks give
+    for h in (0.05, 0.1, 0.2):
+        assert instances_from_border_probs(probs, dataclasses.replace(INSTANCES, seed_h=h)).max() == 1
+
+
+def test_min_score_drops_a_faint_object_and_keeps_a_sure_one():
+    truth = np.zeros((40, 60), dtype=np.int32)
+    truth[disk((20, 15), 8, shape=truth.shape)] = 1
+    truth[disk((20, 45), 8, shape=truth.shape)] = 2
+    probs = _border_probs(truth, contours=True)
+    faint = truth == 2  # the network is only 70 % sure of the second nucleus
+    probs[0][faint] = 0.3
+    probs[1:, faint] *= 0.7 / probs[1:, faint].sum(0)
+    loose = dataclasses.replace(INSTANCES, seed_threshold=0.3)
+    assert instances_from_border_probs(probs, loose).max() == 2
+    kept = instances_from_border_probs(probs, dataclasses.replace(loose, min_score=0.8))
+    assert kept.max() == 1 and (kept[truth == 1] > 0).mean() > 0.9 and not kept[faint].any()
+
+
 def test_distance_watershed_splits_touching_disks():
     truth = _touching_disks()
     prob = np.where(truth > 0, 0.9, 0.1)

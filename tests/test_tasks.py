@@ -47,7 +47,7 @@ def test_every_task_builds_trains_segments_and_scores(name):
     scores = task.scores([lab, lab], [out, out])
     assert task.metric in scores and set(task.headline) <= set(scores)
     assert 0 <= task.image_score(lab, out) <= 1
-    assert set(task.grid) <= set(to_dict(cfg.post))
+    assert set(task.grid) | set(task.refine) <= set(to_dict(cfg.post))
 
 
 @pytest.mark.parametrize("name", ["binary", "nuclei"])
@@ -140,3 +140,24 @@ def test_short_configs_resolve_to_the_shipped_models_configs(toml, model):
 def test_every_shipped_config_builds(path):
     cfg = load_config(path)
     assert cfg.task in TASKS and cfg.name
+
+
+def test_tuning_refines_the_grids_best_setting_with_the_objects_the_network_is_unsure_of():
+    """The nuclei task tunes min_score after its grid: a faint false object is dropped only by that stage."""
+    from biounet.train import tune_post
+
+    task = get_task(build_config({"task": "nuclei"}))
+    truth = np.zeros((48, 64), dtype=np.int32)
+    truth[disk((24, 18), 9, shape=truth.shape)] = 1
+    probs = np.zeros((3, *truth.shape), dtype=np.float32)
+    probs[0], probs[1] = 0.02, 0.02
+    probs[0][truth == 0], probs[1][truth == 0] = 0.98, 0.01
+    probs[1][truth == 1] = 0.96
+    ghost = np.zeros(truth.shape, dtype=bool)
+    ghost[disk((24, 46), 9, shape=truth.shape)] = True  # a blob the network is 70 % sure of, and wrong
+    probs[0][ghost], probs[1][ghost] = 0.3, 0.69
+    probs[2] = 1 - probs[0] - probs[1]
+    preds = [("a", probs, truth)]
+    best, scores = tune_post(task, preds, task.cfg.post)
+    assert best.min_score > 0.7 and scores["dsb"] == 1.0
+    assert task.segment(probs, dataclasses.replace(best, min_score=0.0)).max() == 2  # the grid alone keeps it

@@ -228,3 +228,25 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
         parts(apply_overrides(base, ['data.modalities=["bright"]']))
     with pytest.raises(InputError, match="data.modalities"):
         apply_overrides(base, ['data.modalities=["purple"]'])
+
+
+def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_files, tmp_path):
+    import pytest
+
+    from biounet.io import InputError
+    from biounet.train import retune
+
+    base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
+    first = train(tiny_config(*stack_files, **base), tmp_path / "run", progress=False)
+    thresholds = tmp_path / "run" / "thresholds.json"
+    tuned = json.loads(thresholds.read_text())
+    thresholds.write_text(json.dumps({**tuned, "threshold": 0.99}))  # a stale choice
+    again = retune(tmp_path / "run")
+    assert json.loads(thresholds.read_text()) == tuned
+    assert again["tuned_v_rand"] == pytest.approx(first["tuned_v_rand"])
+    assert again["holdout_items"] == first["holdout_items"] and again["val_items"] == first["val_items"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics["val_items"] = ["not-this-image"]
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InputError, match="other val images than the model recorded"):
+        retune(tmp_path / "run")

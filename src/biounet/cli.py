@@ -295,6 +295,20 @@ def ensemble(
 
 
 @app.command()
+def retune(
+    model: str = typer.Argument(..., help="A finished run or model folder (or a shipped model's name)."),
+    data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
+) -> None:
+    """Tune post-processing again on the model's validation images with the task's current grid, score
+    its held-out images once, and store both beside the weights (thresholds.json, metrics.json)."""
+    _setup_logging(True)
+    from .train import retune as run_retune
+
+    result = _run(run_retune, model, data)
+    typer.echo(f"done: {model}  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
+
+
+@app.command()
 def evaluate(
     truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, or folder of label images."),
     pred: Path = typer.Option(..., help="Prediction: mask TIFF stack or folder of label images (<name>.tif)."),

@@ -112,6 +112,11 @@ class PostConfig:
     mode: Literal["mask", "instances"] = "mask"
     threshold: float = 0.5
     seed_threshold: float = 0.7
+    # 3-class instances: > 0 also splits a seed where its interior probability dips by at least this
+    # much between two peaks (h-maxima), so touching nuclei joined by a weak border still get two seeds
+    seed_h: float = 0.0
+    # 3-class instances: drop objects whose mean foreground probability is below this (0 = keep all)
+    min_score: float = 0.0
     min_size: int = 10
     fill_holes: bool = True
 
@@ -140,7 +145,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
     "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),
-    "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.min_size": (0, None),
+    "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.seed_h": (0, 1), "post.min_score": (0, 1),
+    "post.min_size": (0, None),
 }
 
 

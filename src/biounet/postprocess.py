@@ -4,7 +4,8 @@ Two instance routes, picked by what the network predicts:
 
 * 3-class softmax ``[background, interior, border]`` (``data.target = "border3"``):
   seeds are confident interior pixels, which the border class has already cut
-  apart between touching nuclei; a watershed grows them back over the foreground.
+  apart between touching nuclei (and, with ``seed_h``, the separate peaks of the
+  interior probability); a watershed grows them back over the foreground.
 * 1-channel foreground probability: touching blobs are split by a watershed on
   the distance transform, seeded at its h-maxima.
 
@@ -126,6 +127,26 @@ def _check_2d(arr: NDArray, name: str) -> NDArray:
     return arr
 
 
+def _h_peaks(prob: NDArray, h: float) -> NDArray[np.bool_]:
+    """The caps of the peaks of ``prob`` that rise at least ``h`` above their saddle to any higher
+    peak: the pixels within ``h`` of such a peak's top. Peaks joined above that level share one
+    cap; shallower bumps get none.
+
+    The h-dome transform (``prob`` minus its reconstruction from ``prob - h``) is positive on the
+    caps of every bump and reaches ``h`` on the tops of the deep ones (scikit-image's h-maxima); a cap
+    is kept when it holds such a top. On a 1/1000 integer grid, where both are exact.
+    """
+    q = np.round(np.asarray(prob, dtype=np.float64) * 1000).astype(np.int32)
+    step = max(1, int(round(h * 1000)))
+    dome = q - morphology.reconstruction(q - step, q, method="dilation")  # the h-dome transform
+    caps = ndimage.label(dome > 0, structure=np.ones((3, 3)))[0]  # 8-connected, as the reconstruction
+    tops = dome >= step  # scikit-image's h_maxima, from the same reconstruction
+    keep = np.zeros(caps.max() + 1, dtype=bool)
+    keep[caps[tops]] = True
+    keep[0] = False
+    return keep[caps]
+
+
 def instances_from_border_probs(probs: NDArray, cfg: PostConfig) -> NDArray[np.int32]:
     """Instance labels ``(H, W)`` int32 from 3-class probabilities ``(3, H, W)``.
 
@@ -134,16 +155,35 @@ def instances_from_border_probs(probs: NDArray, cfg: PostConfig) -> NDArray[np.i
     components of ``p_interior > cfg.seed_threshold`` inside the foreground.
     A watershed of ``-p_interior`` grows the seeds over the foreground, so the
     cut between touching nuclei follows the low-interior (border) ridge.
+    ``cfg.seed_h > 0`` keeps of each seed only its peaks that stand at least
+    ``seed_h`` above the saddle to a higher peak (h-maxima), so one seed holding
+    two peaks with a dip between them becomes two. ``cfg.min_score > 0`` drops
+    objects whose mean foreground probability is below it.
     """
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] != 3:
         raise ValueError(f"border probabilities must be (3, H, W) [bg, interior, border], got shape {probs.shape}")
     foreground = (1.0 - probs[0]) > cfg.threshold
     interior = probs[1]
-    seeds = ndimage.label((interior > cfg.seed_threshold) & foreground)[0].astype(np.int32)
+    seed_mask = (interior > cfg.seed_threshold) & foreground
+    if cfg.seed_h > 0:
+        seed_mask &= _h_peaks(interior, cfg.seed_h)
+    seeds = ndimage.label(seed_mask)[0].astype(np.int32)
     markers = _seed_unseeded(seeds, foreground)
     labels = segmentation.watershed(-interior, markers=markers, mask=foreground)
+    if cfg.min_score > 0:
+        labels = _drop_unsure(labels, 1.0 - probs[0], cfg.min_score)
     return _finish(labels, cfg)
+
+
+def _drop_unsure(labels: NDArray, prob: NDArray, min_score: float) -> NDArray:
+    """Remove objects whose mean ``prob`` is below ``min_score`` (faint blobs the network half saw)."""
+    flat = labels.ravel()
+    counts = np.bincount(flat)
+    means = np.bincount(flat, weights=np.asarray(prob, dtype=np.float64).ravel()) / np.maximum(counts, 1)
+    drop = (means < min_score) & (counts > 0)  # ids the watershed left unused are no objects
+    drop[0] = False
+    return np.where(drop[labels], 0, labels)
 
 
 def instances_from_prob(prob: NDArray, cfg: PostConfig, h: float = 2.0) -> NDArray[np.int32]:

@@ -78,12 +78,17 @@ def score_predictions(task: Task, preds: list[Prediction], post: PostConfig) -> 
     return task.scores([lab for _, _, lab in preds], [task.segment(p, post) for _, p, _ in preds])
 
 
-def tune_post(task: Task, preds: list[Prediction], base: PostConfig) -> tuple[PostConfig, dict[str, float]]:
-    """Grid-search the task's post-processing thresholds on validation predictions."""
+def tune_post(task: Task, preds: list[Prediction], base: PostConfig, grid: dict[str, list] | None = None,
+              refine: dict[str, list] | None = None) -> tuple[PostConfig, dict[str, float]]:
+    """Grid-search post-processing on validation predictions: the task's ``grid``, then its ``refine``
+    grid around the best setting (``grid``/``refine`` given here replace the task's; ``{}`` skips)."""
     from .postprocess import tune_thresholds
 
-    best, _ = tune_thresholds([p for _, p, _ in preds], [lab for _, _, lab in preds], task.segment,
-                              task.image_score, task.grid, base)
+    probs, truths = [p for _, p, _ in preds], [lab for _, _, lab in preds]
+    best, _ = tune_thresholds(probs, truths, task.segment, task.image_score, task.grid if grid is None else grid, base)
+    refine = task.refine if refine is None else refine
+    if refine:
+        best, _ = tune_thresholds(probs, truths, task.segment, task.image_score, refine, best)
     return best, score_predictions(task, preds, best)
 
 
@@ -407,6 +412,30 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     checkpoint.write_metrics(out_dir, {"members": [member_record(f) for f in folders]})
     _, val_items, holdout_items = splits[0]
     return finish(out_dir, cfg, val_items, holdout_items)
+
+
+def retune(model: str | Path, data: str | None = None) -> dict:
+    """Tune a finished model's post-processing again on its validation images and score its held-out
+    ones once (:func:`finish`): for a model trained before the task's grid gained a setting.
+
+    The split is drawn again from the saved config, so it must give the images the model recorded;
+    ``data`` replaces ``data.images`` when the data has moved since training.
+    """
+    from .tasks import apply_overrides
+
+    folder = checkpoint.resolve_model(model)
+    cfg = checkpoint.load_config(folder)
+    if data:
+        cfg = apply_overrides(cfg, [f"data.images={data}"])
+    _, val_items, holdout_items = split_run(cfg)
+    if not val_items:
+        raise InputError(f"{folder}: the run has no validation images to tune on (data.val_fraction = 0)")
+    recorded = checkpoint.read_metrics(folder)
+    for part, items in (("val_items", val_items), ("holdout_items", holdout_items)):
+        if part in recorded and recorded[part] != [it.name for it in items]:
+            raise InputError(f"{folder}: {cfg.data.images} gives other {part.split('_')[0]} images than the model "
+                             "recorded (other data?)")
+    return finish(folder, cfg, val_items, holdout_items)
 
 
 def member_record(run_dir: Path) -> dict:
