@@ -368,8 +368,8 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
 
     The runs must share task, model shape, data and split (the validation and
     held-out images), so that no member trained on an image the ensemble is
-    tuned or scored on; their training settings (loss weights, schedule) may
-    differ. Thresholds are tuned on the shared validation images and the
+    tuned or scored on; their training settings (loss weights, the weight map,
+    schedule) may differ. Thresholds are tuned on the shared validation images and the
     held-out ones are scored once (:func:`finish`). ``data`` replaces
     ``data.images`` when the data has moved since training.
     """
@@ -387,9 +387,12 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     first = cfgs[0]
 
     def shared(c: RunConfig, key: str) -> Any:
-        # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below
+        # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below;
+        # the weight map only weighs the training loss, so members may differ in it as in class weights
         part = getattr(c, key)
-        return dataclasses.replace(part, split_seed=-1) if key == "data" else part
+        if key != "data":
+            return part
+        return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0)
 
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):
