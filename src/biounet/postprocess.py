@@ -142,8 +142,7 @@ def _h_peaks(prob: NDArray, h: float) -> NDArray[np.bool_]:
     caps = ndimage.label(dome > 0, structure=np.ones((3, 3)))[0]  # 8-connected, as the reconstruction
     tops = dome >= step  # scikit-image's h_maxima, from the same reconstruction
     keep = np.zeros(caps.max() + 1, dtype=bool)
-    keep[caps[tops]] = True
-    keep[0] = False
+    keep[caps[tops]] = True  # tops lie inside caps, so the background (0) is never kept
     return keep[caps]
 
 
