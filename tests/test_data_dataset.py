@@ -97,3 +97,19 @@ def test_holdout_is_the_draw_an_equal_validation_fraction_makes_and_leaves_the_r
     assert split_holdout(items, DataConfig(), seed=0) == (items, [])
     with pytest.raises(InputError, match="holdout_fraction"):
         split_holdout(items[:2], DataConfig(holdout_fraction=0.5), seed=0)
+
+
+def test_patch_weight_map_kind_comes_from_the_config():
+    """weight_kind = "touch": 1 away from contacts, more on both nuclei where they touch; paper: eq. 2."""
+    from biounet.data.targets import unet_weight_map
+
+    lab = np.zeros((40, 40), np.int32)
+    lab[10:30, 5:20], lab[10:30, 20:35] = 1, 2  # two nuclei sharing an edge
+    img = (lab > 0).astype(np.uint8) * 200
+    base = ["task=nuclei", "data.patch_size=40", "data.weight_map=true", "data.w0=10", "data.sigma=3"]
+    touch = unet_weight_map(lab, 10, 3, class_weights=(1.0, 1.0), touching="all")
+    assert touch[20, 19] > 5 and touch[20, 20] > 5 and touch[0, 0] == 1.0
+    for kind, want in (("touch", touch), ("paper", unet_weight_map(lab, 10, 3))):
+        cfg = apply_overrides(RunConfig(), base + [f"data.weight_kind={kind}"])
+        w = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["weight"]
+        np.testing.assert_allclose(w.numpy(), want)

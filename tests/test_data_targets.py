@@ -6,15 +6,17 @@ import pytest
 from scipy import ndimage
 from skimage.draw import disk
 
-from biounet.data.targets import balanced_class_weights, binary_target, border_target, unet_weight_map
+from biounet.data.targets import (balanced_class_weights, binary_target, border_target, contact_target,
+                                  unet_weight_map)
 
 
-def _brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, w_bg: float, w_fg: float) -> np.ndarray:
+def _brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, w_bg: float, w_fg: float,
+                            everywhere: bool = False) -> np.ndarray:
     """Eq. 2 of the U-Net paper from explicit pixel-to-pixel distances, no shortcuts."""
     ids = [k for k in np.unique(labels) if k != 0]
     coords = {k: np.argwhere(labels == k) for k in ids}
     out = np.where(labels > 0, w_fg, w_bg).astype(np.float64)
-    for y, x in np.argwhere(labels == 0):
+    for y, x in np.argwhere(np.ones_like(labels, bool) if everywhere else labels == 0):
         d = sorted(np.sqrt(((coords[k] - (y, x)) ** 2).sum(1)).min() for k in ids)
         if len(d) >= 2:
             out[y, x] += w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2))
@@ -93,6 +95,19 @@ def test_contour_target_is_the_inner_band_of_every_outline():
     np.testing.assert_array_equal(t, expected)
     np.testing.assert_array_equal(t[3:9, 3:7], 1)  # interior of object 1
     np.testing.assert_array_equal(t[:, 7:9][lab[:, 7:9] > 0], 2)  # the shared edge
+
+
+def test_contact_class_lies_on_both_sides_of_a_touching_edge_only():
+    lab = np.zeros((30, 50), np.int32)
+    lab[5:25, 5:25], lab[5:25, 25:45] = 1, 2  # two squares sharing the edge between columns 24 and 25
+    t = contact_target(lab, border_fraction=0.0, contact_width=3)
+    cols = np.flatnonzero((t == 3).any(axis=0))
+    assert list(cols) == [22, 23, 24, 25, 26, 27]  # 3 px deep on each side (centre-to-centre distance <= 3)
+    assert (t[:, 5] == 2)[5:25].all() and (t[:, 44] == 2)[5:25].all()  # outlines against background stay 2
+    assert (t[15, 8:22] == 1).all()  # the interior is contour3's
+    lone = np.zeros((30, 30), np.int32)
+    lone[5:25, 5:25] = 1
+    np.testing.assert_array_equal(contact_target(lone), border_target(lone, contours=True))  # no neighbour: no 3
 
 
 def test_contour_target_of_an_isolated_disk_is_its_eroded_interior():
@@ -214,6 +229,21 @@ def test_weight_map_with_cropped_neighbourhoods_matches_brute_force():
     got = unet_weight_map(lab, w0=5.0, sigma=1.5, class_weights=(1.0, 2.0))
     ref = _brute_force_weight_map(lab, 5.0, 1.5, 1.0, 2.0)
     np.testing.assert_allclose(got, ref, atol=2e-3)  # tolerance of the neighbourhood cut-off
+
+
+def test_touching_term_on_every_pixel_matches_brute_force_and_marks_both_sides_of_a_cut():
+    lab, _, _ = _two_disks(gap=0)  # two disks that touch: no background between them
+    lab = lab[5:35, 5:50]
+    got = unet_weight_map(lab, w0=10.0, sigma=3.0, class_weights=(1.0, 1.0), touching="all")
+    np.testing.assert_allclose(got, _brute_force_weight_map(lab, 10.0, 3.0, 1.0, 1.0, everywhere=True), atol=2e-3)
+    paper = unet_weight_map(lab, w0=10.0, sigma=3.0, class_weights=(1.0, 1.0))
+    inside = lab > 0
+    assert paper[inside].max() == 1.0  # eq. 2 leaves object pixels alone ...
+    # ... the "all" variant weighs the pixels where the disks meet most (d1 = 0, d2 = 1), on both disks
+    for k in (1, 2):
+        assert got[lab == k].max() == pytest.approx(1 + 10.0 * np.exp(-1 / 18), rel=1e-4)
+    with pytest.raises(ValueError, match="touching"):
+        unet_weight_map(lab, touching="inside")
 
 
 def test_weight_peaks_in_gap_between_close_disks_and_is_w_c_far_away():

@@ -116,6 +116,20 @@ def test_contour_probs_split_touching_disks_and_restore_their_full_extent():
     assert abs(int((labels > 0).sum()) - int((truth > 0).sum())) < 0.05 * (truth > 0).sum()
 
 
+def test_contact_probs_are_foreground_and_split_like_the_border():
+    """4 classes: the contact class is neither interior nor background, so it cuts and is grown over."""
+    truth = _touching_disks()
+    probs = _border_probs(truth, contours=True)
+    contact = np.zeros_like(probs[2])
+    contact[:, 26:29] = probs[2][:, 26:29]  # hand the band along the shared edge to a contact class
+    four = np.stack([probs[0], probs[1], probs[2] - contact, contact])
+    labels = instances_from_border_probs(four, INSTANCES)
+    np.testing.assert_array_equal(labels, instances_from_border_probs(probs, INSTANCES))
+    np.testing.assert_array_equal(segment(four, INSTANCES), labels)
+    with pytest.raises(ValueError, match="4, H, W"):
+        instances_from_border_probs(np.concatenate([four, contact[None]]), INSTANCES)
+
+
 def _weak_border_probs(truth: np.ndarray, dip: float) -> np.ndarray:
     """Touching disks whose shared border the network only half saw: interior dips to ``dip`` there."""
     probs = _border_probs(truth, contours=True)

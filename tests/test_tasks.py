@@ -10,7 +10,7 @@ from skimage.draw import disk
 
 from biounet import checkpoint
 from biounet.config import RunConfig, to_dict
-from biounet.data.targets import border_target
+from biounet.data.targets import border_target, contact_target
 from biounet.io import InputError
 from biounet.tasks import TASKS, apply_overrides, build_config, get_task, load_config
 
@@ -92,6 +92,11 @@ def test_nuclei_targets_follow_data_target_and_fraction():
     np.testing.assert_array_equal(wide, border_target(lab, contours=True, border_fraction=0.5))
     assert ((touching == 2) <= (outline == 2)).all() and (outline == 2).sum() > (touching == 2).sum()
     assert (wide == 2).sum() >= (outline == 2).sum()
+    contact = task_for("task=nuclei", "data.target=contour4", "model.out_channels=4").target(lab)
+    np.testing.assert_array_equal(contact, contact_target(lab, border_fraction=0.5))
+    # contour4 = contour3 with the contact between the disks moved out of the band into class 3
+    np.testing.assert_array_equal(contact == 3, (border_target(lab, border_width=3) == 2))
+    np.testing.assert_array_equal(np.where(contact == 3, 2, contact), wide)
     # border3 ignores the fraction
     np.testing.assert_array_equal(task_for("task=nuclei", "data.target=border3",
                                            "data.border_fraction=0.9").target(lab), touching)
@@ -105,6 +110,7 @@ def test_nuclei_targets_follow_data_target_and_fraction():
     ({"task": "nuclei", "train": {"loss": "bce_dice"}}, "train.loss = 'bce_dice' does not fit a 3-channel softmax head"),
     ({"task": "membrane", "model": {"out_channels": 2}}, "task 'membrane': needs model.out_channels = 1, got 2"),
     ({"task": "binary", "model": {"out_channels": 2}}, "train.loss = 'bce_dice' does not fit a 2-channel softmax head"),
+    ({"task": "nuclei", "data": {"target": "contour4"}}, "task 'nuclei': needs model.out_channels = 4, got 3"),
     ({"task": "nuclei", "train": {"class_weights": [1, 2]}}, "class_weights needs one weight per class"),
     ({"task": "nuclei", "train": {"class_weights": [0, 0, 0]}}, "must not all be 0"),
     ({"task": "cells"}, "task = \"cells\" is not allowed \\(allowed: binary, membrane, nuclei\\)"),

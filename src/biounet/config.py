@@ -48,7 +48,8 @@ class DataConfig:
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
     # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
-    target: Literal["binary", "membrane", "border3", "contour3"] = "binary"
+    # | contour4 (contour3 + a fourth class where two nuclei touch, taken out of the outline band)
+    target: Literal["binary", "membrane", "border3", "contour3", "contour4"] = "binary"
     border_fraction: float = 0.0  # contour3: outline band = max(2 px, this x each object's inscribed radius)
     foreground: Literal["nonzero", "zero"] = "nonzero"  # binary targets: which labels are foreground
     val_fraction: float = 0.2
@@ -65,6 +66,9 @@ class DataConfig:
     normalize: Literal["percentile", "percentile_invert", "nuclei", "minmax", "range", "none"] = "percentile"
     weight_map: bool = False  # paper's weight map (class balance + touching-object term)
     w0: float = 10.0
+    # paper: eq. 2 (class balance + touching term on background pixels); touch: 1 + the touching term on
+    # every pixel, both sides of a cut between touching objects, without re-balancing the classes
+    weight_kind: Literal["paper", "touch"] = "paper"
     sigma: float = 5.0
     num_workers: int = 0
     balance: bool = False  # sample images so each modality (fluorescence/brightfield/colour) weighs the same

@@ -2,7 +2,8 @@
 
 Two instance routes, picked by what the network predicts:
 
-* 3-class softmax ``[background, interior, border]`` (``data.target = "border3"``):
+* 3-class softmax ``[background, interior, border]`` (``data.target = "border3"``,
+  ``"contour3"``; ``"contour4"`` adds a fourth class, the contact between nuclei):
   seeds are confident interior pixels, which the border class has already cut
   apart between touching nuclei (and, with ``seed_h``, the separate peaks of the
   interior probability); a watershed grows them back over the foreground.
@@ -149,7 +150,8 @@ def _h_peaks(prob: NDArray, h: float) -> NDArray[np.bool_]:
 def instances_from_border_probs(probs: NDArray, cfg: PostConfig) -> NDArray[np.int32]:
     """Instance labels ``(H, W)`` int32 from 3-class probabilities ``(3, H, W)``.
 
-    Channels are softmax probabilities ``[background, interior, border]``.
+    Channels are softmax probabilities ``[background, interior, border]``
+    (``(4, H, W)``: ``[..., contact]``; every class but the background is foreground).
     Foreground is ``1 - p_bg > cfg.threshold``; seeds are the connected
     components of ``p_interior > cfg.seed_threshold`` inside the foreground.
     A watershed of ``-p_interior`` grows the seeds over the foreground, so the
@@ -160,8 +162,9 @@ def instances_from_border_probs(probs: NDArray, cfg: PostConfig) -> NDArray[np.i
     objects whose mean foreground probability is below it.
     """
     probs = np.asarray(probs)
-    if probs.ndim != 3 or probs.shape[0] != 3:
-        raise ValueError(f"border probabilities must be (3, H, W) [bg, interior, border], got shape {probs.shape}")
+    if probs.ndim != 3 or probs.shape[0] not in (3, 4):
+        raise ValueError(f"border probabilities must be (3, H, W) [bg, interior, border] (or (4, H, W) with contact), "
+                         f"got shape {probs.shape}")
     foreground = (1.0 - probs[0]) > cfg.threshold
     interior = probs[1]
     seed_mask = (interior > cfg.seed_threshold) & foreground
@@ -251,7 +254,7 @@ def segment(probs: NDArray, cfg: PostConfig) -> NDArray:
       or ``(1, H, W)`` probabilities (``1 - p_bg`` for a softmax ``(C, H, W)``).
       Only ``threshold`` applies: filling holes or dropping fragments would
       damage membrane maps, whose cells *are* the holes.
-    * ``cfg.mode == "instances"``: int32 labels; a ``(3, H, W)`` input goes to
+    * ``cfg.mode == "instances"``: int32 labels; a ``(3, H, W)`` or ``(4, H, W)`` input goes to
       :func:`instances_from_border_probs`, anything else to
       :func:`instances_from_prob` on its foreground probability.
     """
@@ -259,7 +262,7 @@ def segment(probs: NDArray, cfg: PostConfig) -> NDArray:
     if cfg.mode == "mask":
         return threshold_mask(foreground_prob(probs), cfg.threshold).astype(np.uint8) * np.uint8(255)
     if cfg.mode == "instances":
-        if probs.ndim == 3 and probs.shape[0] == 3:
+        if probs.ndim == 3 and probs.shape[0] in (3, 4):
             return instances_from_border_probs(probs, cfg)
         return instances_from_prob(foreground_prob(probs), cfg)
     raise ValueError(f"post.mode must be 'mask' or 'instances', got {cfg.mode!r}")

@@ -11,7 +11,8 @@ inconsistent config into one line at load time.
 * ``membrane``: EM membranes, ISBI 2012 labels (0 = membrane); V-Rand on the
   cells between predicted membranes (the leaderboard's thinned variant).
 * ``nuclei``: instances from a 3-class head (background, interior, outline
-  band) and a seeded watershed; the DSB 2018 score.
+  band; or 4 classes with the contact between touching nuclei apart) and a
+  seeded watershed; the DSB 2018 score.
 
 Adding a task is a class here plus a registry entry; the loop, prediction and
 CLI ask the task and never the other way round. Because the task supplies the
@@ -201,15 +202,18 @@ class NucleiTask(Task):
     instances = True
 
     def check(self) -> None:
-        self._require("data.target", self.cfg.data.target, ("contour3", "border3"))
-        self._require("model.out_channels", self.cfg.model.out_channels, (3,))
+        self._require("data.target", self.cfg.data.target, ("contour3", "border3", "contour4"))
+        self._require("model.out_channels", self.cfg.model.out_channels,
+                      (4,) if self.cfg.data.target == "contour4" else (3,))
         self._require("post.mode", self.cfg.post.mode, ("instances",))
         super().check()
 
     def target(self, labels: np.ndarray) -> np.ndarray:
-        from .data.targets import border_target
+        from .data.targets import border_target, contact_target
 
         d = self.cfg.data
+        if d.target == "contour4":
+            return contact_target(labels, border_fraction=d.border_fraction).astype(np.int64)
         contours = d.target == "contour3"  # border3 ignores the fraction
         return border_target(labels, contours=contours, border_fraction=d.border_fraction).astype(np.int64)
 
@@ -237,7 +241,8 @@ def get_task(cfg: RunConfig) -> Task:
 
 def legacy_task(target: str) -> str:
     """The task a config written before tasks existed (format 1) meant, read from its data.target."""
-    return {"membrane": "membrane", "border3": "nuclei", "contour3": "nuclei"}.get(target, "binary")
+    nuclei = ("border3", "contour3", "contour4")
+    return "membrane" if target == "membrane" else "nuclei" if target in nuclei else "binary"
 
 
 # ---- building checked configs ------------------------------------------------------

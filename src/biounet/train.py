@@ -392,7 +392,8 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         part = getattr(c, key)
         if key != "data":
             return part
-        return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0)
+        return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
+                                   weight_kind="paper")
 
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):

@@ -315,6 +315,9 @@ class PatchDataset(Dataset):
             from .targets import unet_weight_map
 
             d = self.cfg.data
-            weights = unet_weight_map(self.task.weight_objects(lab), w0=d.w0, sigma=d.sigma)
+            touch = d.weight_kind == "touch"
+            weights = unet_weight_map(self.task.weight_objects(lab), w0=d.w0, sigma=d.sigma,
+                                      class_weights=(1.0, 1.0) if touch else None,
+                                      touching="all" if touch else "background")
             out["weight"] = torch.from_numpy(weights.astype(np.float32))
         return out
