@@ -18,7 +18,8 @@ def test_shipped_models_describe_themselves():
     for name, folder in shipped_models().items():
         for f in ("config.json", "model.safetensors", "thresholds.json", "metrics.json"):
             assert (folder / f).is_file(), f"{name}: {f}"
-        assert (folder / "model.safetensors").stat().st_size < 10 * 2**20  # small enough to ship
+        # small enough to ship in the package: a width-16 network is 3.9 MB in fp16, the nuclei model holds three
+        assert (folder / "model.safetensors").stat().st_size < 16 * 2**20
 
 
 def test_isbi_model_on_a_validation_slice():

@@ -122,8 +122,13 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
 
     from biounet.io import InputError
 
-    with pytest.raises(InputError, match="is an ensemble already"):
-        ensemble([tmp_path / "ab", tmp_path / "a"], tmp_path / "aba")
+    # an ensemble joins as its members: (a, b) + a averages a, b and a again, each network one vote
+    result = ensemble([tmp_path / "ab", tmp_path / "a"], tmp_path / "aba")
+    aba = load_model(tmp_path / "aba")
+    assert aba.config.model.members == 3 and [m["epochs"] for m in result["members"]] == [1, 1, 1]
+    assert np.abs(aba.predict(img) - (2 * a.predict(img) + b.predict(img)) / 3).max() < 1e-4
+    with pytest.raises(InputError, match="at least two runs"):
+        ensemble([tmp_path / "ab"], tmp_path / "x")
 
 
 def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):

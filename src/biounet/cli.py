@@ -278,13 +278,14 @@ def train(
 
 @app.command()
 def ensemble(
-    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split."),
+    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split "
+                                      "(an ensemble folder or shipped model's name adds its networks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder for the ensemble."),
     data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
     overwrite: bool = typer.Option(False, help="Replace an ensemble already in --out."),
 ) -> None:
-    """Average the probabilities of runs trained on the same split; tune thresholds on their validation
-    images and score their held-out ones, as training does."""
+    """Average the probabilities of runs trained on the same split (each network one vote); tune thresholds
+    on their validation images and score their held-out ones, as training does."""
     _setup_logging(True)
     if not overwrite and (out / "config.json").exists():
         _fail(f"{out}: already holds a model; --overwrite replaces it")

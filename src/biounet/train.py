@@ -369,7 +369,9 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     The runs must share task, model shape, data and split (the validation and
     held-out images), so that no member trained on an image the ensemble is
     tuned or scored on; their training settings (loss weights, the weight map,
-    schedule) may differ. Thresholds are tuned on the shared validation images and the
+    schedule) may differ. A folder that is an ensemble already (a shipped model)
+    gives its members, so a new network can join one whose member runs are gone;
+    every network weighs the same. Thresholds are tuned on the shared validation images and the
     held-out ones are scored once (:func:`finish`). ``data`` replaces
     ``data.images`` when the data has moved since training.
     """
@@ -381,15 +383,14 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     cfgs = [checkpoint.load_config(f) for f in folders]
     if data:
         cfgs = [apply_overrides(c, [f"data.images={data}"]) for c in cfgs]
-    for f, c in zip(folders, cfgs):
-        if c.model.members > 1:
-            raise InputError(f"{f}: is an ensemble already; give its member runs instead")
     first = cfgs[0]
 
     def shared(c: RunConfig, key: str) -> Any:
         # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below;
         # the weight map only weighs the training loss, so members may differ in it as in class weights
         part = getattr(c, key)
+        if key == "model":
+            return dataclasses.replace(part, members=1)
         if key != "data":
             return part
         return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
@@ -405,15 +406,22 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         if n != names[0]:
             raise InputError(f"{f}: validates or holds out other images than {folders[0]} "
                              "(another train.seed or data.split_seed?)")
-    cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(folders)))
+    nets, records = [], []
+    for f, c in zip(folders, cfgs):
+        n, r = _member_networks(f, c)
+        nets += n
+        records += r
+    if len(nets) > 16:
+        raise InputError(f"an ensemble holds at most 16 networks, these runs hold {len(nets)}")
+    cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(nets)))
     module = build_model(cfg.model)
-    for f, member in zip(folders, module.members):
-        checkpoint.load_weights(f, member)
+    for net, member in zip(nets, module.members):
+        member.load_state_dict(net.state_dict())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_config(out_dir, cfg)
     checkpoint.save_weights(out_dir / checkpoint.WEIGHTS, module)
-    checkpoint.write_metrics(out_dir, {"members": [member_record(f) for f in folders]})
+    checkpoint.write_metrics(out_dir, {"members": records})
     _, val_items, holdout_items = splits[0]
     return finish(out_dir, cfg, val_items, holdout_items)
 
@@ -440,6 +448,21 @@ def retune(model: str | Path, data: str | None = None) -> dict:
             raise InputError(f"{folder}: {cfg.data.images} gives other {part.split('_')[0]} images than the model "
                              "recorded (other data?)")
     return finish(folder, cfg, val_items, holdout_items)
+
+
+def _member_networks(folder: Path, cfg: RunConfig) -> tuple[list[torch.nn.Module], list[dict]]:
+    """The U-Nets a run (one) or an ensemble folder (its members) holds, with their training records."""
+    member_cfg = dataclasses.replace(cfg.model, members=1)
+    if cfg.model.members == 1:
+        net = build_model(member_cfg)
+        checkpoint.load_weights(folder, net)
+        return [net], [member_record(folder)]
+    module = build_model(cfg.model)
+    checkpoint.load_weights(folder, module)
+    records = checkpoint.read_metrics(folder).get("members") or []
+    if len(records) != cfg.model.members:
+        records = [{"run": f"{folder} (member {i + 1})"} for i in range(cfg.model.members)]
+    return list(module.members), records
 
 
 def member_record(run_dir: Path) -> dict:
