@@ -50,7 +50,7 @@ class DataConfig:
     # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
     # | contour4 (contour3 + a fourth class where two nuclei touch, taken out of the outline band)
     target: Literal["binary", "membrane", "border3", "contour3", "contour4"] = "binary"
-    border_fraction: float = 0.0  # contour3: outline band = max(2 px, this x each object's inscribed radius)
+    border_fraction: float = 0.0  # contour3/4: outline band = max(2 px, this x each object's inscribed radius)
     foreground: Literal["nonzero", "zero"] = "nonzero"  # binary targets: which labels are foreground
     val_fraction: float = 0.2
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction

@@ -1,4 +1,4 @@
-"""Instance labels -> training targets (binary masks, 3-class border maps, weight maps).
+"""Instance labels -> training targets (binary masks, 3/4-class border maps, weight maps).
 
 Everything here is a pure numpy function of an ``(H, W)`` label image
 (0 = background, ``k > 0`` = object ``k``) and cheap enough to run per 256x256
@@ -8,6 +8,7 @@ object's neighbourhood, never the whole image.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,7 +16,7 @@ from scipy import ndimage
 
 from ..labels import check_labels
 
-__all__ = ["binary_target", "border_target", "unet_weight_map", "balanced_class_weights"]
+__all__ = ["binary_target", "border_target", "contact_target", "unet_weight_map", "balanced_class_weights"]
 
 # The touching term w0*exp(-(d1+d2)^2 / (2 sigma^2)) is computed exactly wherever
 # d1 + d2 <= R; beyond R it is left out, an absolute error of at most this value
@@ -170,7 +171,7 @@ def unet_weight_map(
     sigma: float = 5.0,
     class_weights: tuple[float, float] | None = None,
     max_class_weight: float = 10.0,
-    touching: str = "background",
+    touching: Literal["background", "all"] = "background",
 ) -> NDArray[np.float32]:
     """Pixel loss weights ``(H, W)`` float32 of Ronneberger et al. (2015), eq. 2.
 
