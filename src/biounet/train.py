@@ -452,13 +452,9 @@ def retune(model: str | Path, data: str | None = None) -> dict:
 
 def _member_networks(folder: Path, cfg: RunConfig) -> tuple[list[torch.nn.Module], list[dict]]:
     """The U-Nets a run (one) or an ensemble folder (its members) holds, with their training records."""
-    member_cfg = dataclasses.replace(cfg.model, members=1)
+    _, module = checkpoint.load_module(folder)
     if cfg.model.members == 1:
-        net = build_model(member_cfg)
-        checkpoint.load_weights(folder, net)
-        return [net], [member_record(folder)]
-    module = build_model(cfg.model)
-    checkpoint.load_weights(folder, module)
+        return [module], [member_record(folder)]
     records = checkpoint.read_metrics(folder).get("members") or []
     if len(records) != cfg.model.members:
         records = [{"run": f"{folder} (member {i + 1})"} for i in range(cfg.model.members)]
