@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .config import PostConfig, RunConfig
+from .config import RANGES, PostConfig, RunConfig
 from .io import InputError
 from .data.dataset import Item, PatchDataset, items_from_config, keep_modalities, split_holdout, split_items
 from .losses import LossFn, get_loss
@@ -411,8 +411,9 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         n, r = _member_networks(f, c)
         nets += n
         records += r
-    if len(nets) > 16:
-        raise InputError(f"an ensemble holds at most 16 networks, these runs hold {len(nets)}")
+    most = int(RANGES["model.members"][1])
+    if len(nets) > most:
+        raise InputError(f"an ensemble holds at most {most} networks, these runs hold {len(nets)}")
     cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(nets)))
     module = build_model(cfg.model)
     for net, member in zip(nets, module.members):
