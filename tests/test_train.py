@@ -129,6 +129,9 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
     assert np.abs(aba.predict(img) - (2 * a.predict(img) + b.predict(img)) / 3).max() < 1e-4
     with pytest.raises(InputError, match="at least two runs"):
         ensemble([tmp_path / "ab"], tmp_path / "x")
+    with pytest.raises(InputError, match="at most 16 networks, these runs hold 18"):  # config.RANGES' bound
+        ensemble([tmp_path / "ab"] * 9, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):
