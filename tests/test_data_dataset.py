@@ -113,3 +113,34 @@ def test_patch_weight_map_kind_comes_from_the_config():
         cfg = apply_overrides(RunConfig(), base + [f"data.weight_kind={kind}"])
         w = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["weight"]
         np.testing.assert_allclose(w.numpy(), want)
+
+
+def test_stain_jitter_restains_colour_images_only_and_keeps_labels_aligned():
+    """augment.stain: a stained image's patch is the normalised view of a restained slide, cut where the
+    labels are cut; fluorescence patches are not touched."""
+    from biounet.normalize import network_input
+
+    rng = np.random.default_rng(0)
+    he = np.empty((60, 60, 3), np.uint8)
+    he[:] = (235, 200, 220)
+    he[10:30, 10:30] = (110, 60, 160)
+    he = np.clip(he.astype(int) + rng.integers(-8, 9, he.shape), 0, 255).astype(np.uint8)
+    fluo = np.repeat(rng.integers(0, 40, (60, 60, 1)), 3, -1).astype(np.uint8)  # gray, noisy, dark
+    fluo[30:50, 30:50] += np.linspace(100, 200, 20).astype(np.uint8)[:, None, None]
+    lab = np.zeros((60, 60), np.int32)
+    lab[10:30, 10:30] = 1
+    assert (modality(he), modality(fluo)) == ("colour", "dark")
+    off = [f"augment.{k}=false" for k in ("flips", "rot90", "affine", "elastic", "intensity")]
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "model.in_channels=1", "model.out_channels=3",
+                                        "data.target=contour3", "train.loss=ce_dice", "post.mode=instances",
+                                        "data.patch_size=32", "augment.stain=0.2"] + off)
+    task = get_task(cfg)
+    for img, changed in ((he, True), (fluo, False)):
+        ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], task)
+        plain = network_input(img, "nuclei", 1)
+        for i in range(3):
+            _, _, top, left = ds.draw(i)
+            patch = ds[i]
+            window = (slice(top, top + 32), slice(left, left + 32))
+            np.testing.assert_array_equal(patch["target"].numpy(), task.target(lab[window]))
+            assert np.allclose(patch["image"].numpy()[0], plain[window][..., 0], atol=1e-6) != changed

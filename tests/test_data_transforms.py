@@ -314,3 +314,47 @@ def test_bad_inputs_raise_clear_errors():
         T.augment(image[..., 0], labels, rng, AugmentConfig())
     with pytest.raises(ValueError, match="elastic_grid"):
         T.augment(image, labels, rng, AugmentConfig(elastic_grid=1))
+
+
+# --------------------------------------------------------------------------- stain jitter
+def _he_like(seed: int = 0) -> np.ndarray:
+    """A light pink background with purple blobs, as an H&E image shows nuclei."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((40, 50, 3), np.uint8)
+    img[:] = (235, 200, 220)
+    yy, xx = np.mgrid[:40, :50]
+    for cy, cx in ((10, 12), (25, 30), (30, 10)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = (110, 60, 160)
+    return np.clip(img.astype(int) + rng.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_stain_jitter_of_strength_zero_gives_the_image_back(dtype):
+    img = _he_like().astype(dtype) * (257 if dtype == np.uint16 else 1)
+    img = np.concatenate([img, np.full(img.shape[:2] + (1,), 7, dtype)], -1)  # an alpha channel passes through
+    out = T.random_stain(img, np.random.default_rng(0), 0.0)
+    assert out.dtype == img.dtype and out.shape == img.shape
+    np.testing.assert_allclose(out.astype(float), img.astype(float), atol=1 if dtype != np.float32 else 1e-3)
+
+
+def test_stain_jitter_scales_and_shifts_each_stain_density():
+    """In Ruifrok's stain space the output is the input's densities times the drawn scale plus the shift."""
+    from skimage.color import hed_from_rgb
+
+    img = _he_like()
+    out = T.random_stain(img, np.random.default_rng(3), 0.2)
+    draw = np.random.default_rng(3)
+    scale, shift = draw.uniform(0.8, 1.2, 3), draw.uniform(-0.2, 0.2, 3)
+
+    def stains(x):
+        return -np.log(np.maximum(x.astype(float) / 255, 1e-6)) @ hed_from_rgb
+
+    inside = (out > 5).all(-1) & (out < 250).all(-1)  # away from rounding at the ends of the range
+    err = np.abs(stains(out) - (stains(img) * scale + shift))[inside]
+    assert np.median(err) < 0.01 and not np.allclose(out, img, atol=5)
+    assert np.array_equal(out, T.random_stain(img, np.random.default_rng(3), 0.2))  # seeded
+
+
+def test_stain_jitter_refuses_gray_images():
+    with pytest.raises(ValueError, match="RGB"):
+        T.random_stain(np.zeros((8, 8, 1), np.uint8), np.random.default_rng(0), 0.1)

@@ -85,6 +85,9 @@ class AugmentConfig:
     affine: bool = True  # shift / scale / rotate
     elastic: bool = True
     intensity: bool = True
+    # H&E stain jitter on the raw RGB of stained (colour-modality) images, before normalisation: each
+    # stain's optical density scaled by U(1-s, 1+s) and shifted (Tellez et al. 2018's HED jitter); 0 = off
+    stain: float = 0.0
     elastic_sigma: float = 10.0
     elastic_grid: int = 3
 
@@ -145,7 +148,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.split_seed": (-1, None), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
     "data.num_workers": (0, None),
-    "augment.elastic_sigma": (0, None), "augment.elastic_grid": (2, None),
+    "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
     "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),

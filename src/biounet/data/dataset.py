@@ -266,7 +266,7 @@ class PatchDataset(Dataset):
     def __init__(self, items: list[Item], task: TargetMaker, augment: bool = True, cache: bool = True) -> None:
         self.items, self.task, self.augment, self.cache = items, task, augment, cache
         self.cfg = task.cfg
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self.epoch_seed = 0
         self.p = modality_weights(items) if self.cfg.data.balance else None
 
@@ -275,13 +275,19 @@ class PatchDataset(Dataset):
 
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``idx`` as (network input (H, W, C) float32, raw labels (H, W))."""
+        return self._load(idx)[:2]
+
+    def _load(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`load` plus the raw image when patches of it get stain jitter (stained tissue), else None."""
         if idx in self._cache:
             return self._cache[idx]
-        img, lab = self.items[idx].load()
-        img = network_input(img, self.cfg.data.normalize, self.cfg.model.in_channels, self.items[idx].name)
+        raw, lab = self.items[idx].load()
+        img = network_input(raw, self.cfg.data.normalize, self.cfg.model.in_channels, self.items[idx].name)
+        stained = self.augment and self.cfg.augment.stain > 0 and modality(raw) == "colour"
+        entry = (img, lab, raw if stained else None)
         if self.cache:
-            self._cache[idx] = (img, lab)
-        return img, lab
+            self._cache[idx] = entry
+        return entry
 
     def draw(self, i: int) -> tuple[np.random.Generator, int, int, int]:
         """Patch ``i`` of this epoch: (its generator, item index, top, left in the padded image)."""
@@ -291,7 +297,12 @@ class PatchDataset(Dataset):
         """:meth:`draw` plus the item's (image, labels), loaded once per patch even without the cache."""
         rng = np.random.default_rng([self.epoch_seed, i, torch.initial_seed() % 2**31])
         idx = int(rng.choice(len(self.items), p=self.p))
-        img, lab = self.load(idx)
+        img, lab, raw = self._load(idx)
+        if raw is not None:  # stain jitter: a restained slide, normalised as a whole as prediction would
+            from .transforms import random_stain
+
+            restained = random_stain(raw, rng, self.cfg.augment.stain)
+            img = network_input(restained, self.cfg.data.normalize, self.cfg.model.in_channels, self.items[idx].name)
         size = self.cfg.data.patch_size
         top = int(rng.integers(max(lab.shape[0], size) - size + 1))
         left = int(rng.integers(max(lab.shape[1], size) - size + 1))

@@ -384,6 +384,45 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def random_stain(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """H&E stain jitter of a raw RGB image (Tellez et al. 2018, "HED" augmentation).
+
+    Stained slides differ from lab to lab in how much hematoxylin and eosin they
+    took up and how the scanner saw them. Colour deconvolution (Ruifrok's
+    matrix, :data:`skimage.color.hed_from_rgb`) turns each pixel's optical density
+    ``-ln(rgb)`` into one density per stain; each stain's is scaled by
+    ``U(1 - strength, 1 + strength)`` and shifted by ``U(-strength, strength)``,
+    and the result goes back to RGB. The map is applied without clipping the
+    densities (:func:`skimage.color.rgb2hed` clips negative ones, which changes real
+    H&E images by up to ~30 gray levels with no jitter at all), so strength 0 gives
+    the image back. It runs on the raw image, before normalisation, so what the
+    network sees is the normalised view of a differently stained slide.
+
+    Args:
+        image: ``(H, W, C)`` raw image, ``C >= 3`` (channels past the third pass unchanged).
+        rng: source of randomness.
+        strength: jitter size; 0.05 is Tellez's "light", 0.2 their "strong" setting.
+
+    Returns:
+        New image, same shape and dtype (integer images keep their full range).
+    """
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    if image.ndim != 3 or image.shape[-1] < 3:
+        raise ValueError(f"stain jitter needs an (H, W, 3) RGB image, got shape {image.shape}")
+    scale = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
+    shift = rng.uniform(-strength, strength, size=3)
+    # transmission in 0..1: integer images by their type's range, floats by their max
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else \
+        max(1.0, float(image[..., :3].max(initial=0.0)))
+    density = -np.log(np.maximum(image[..., :3].astype(np.float64) / top, 1e-6))
+    stains = (density @ hed_from_rgb) * scale + shift
+    rgb = np.clip(np.exp(-(stains @ rgb_from_hed)), 0.0, 1.0) * top
+    out = np.array(image, copy=True)
+    out[..., :3] = np.round(rgb) if np.issubdtype(image.dtype, np.integer) else rgb
+    return out
+
+
 # --------------------------------------------------------------------------- composition
 
 
