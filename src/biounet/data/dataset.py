@@ -294,7 +294,8 @@ class PatchDataset(Dataset):
         return self._draw(i)[:4]
 
     def _draw(self, i: int) -> tuple:
-        """:meth:`draw` plus the item's (image, labels), loaded once per patch even without the cache."""
+        """:meth:`draw` plus the item's (image, labels), loaded once per patch even without the cache;
+        with ``augment.stain`` a stained image comes restained (drawn from the patch's generator first)."""
         rng = np.random.default_rng([self.epoch_seed, i, torch.initial_seed() % 2**31])
         idx = int(rng.choice(len(self.items), p=self.p))
         img, lab, raw = self._load(idx)
