@@ -22,23 +22,21 @@ def main() -> None:
     args = ap.parse_args()
 
     from biounet import checkpoint
-    from biounet.models.unet import build_model
+    from biounet.train import member_networks
 
     folder = checkpoint.resolve_model(args.model)
-    cfg, module = checkpoint.load_module(folder)
+    cfg = checkpoint.load_config(folder)
     if cfg.model.members < 2:
         raise SystemExit(f"{folder}: not an ensemble (model.members = {cfg.model.members})")
+    nets, records = member_networks(folder, cfg)  # what `biounet ensemble` reads from such a folder
     metrics = checkpoint.read_metrics(folder)
-    records = metrics.get("members") or [{} for _ in module.members]
+    kept = {k: metrics[k] for k in ("val_items", "holdout_items") if k in metrics}
     one = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, members=1))
-    for i, (net, record) in enumerate(zip(module.members, records), start=1):
+    for i, (net, record) in enumerate(zip(nets, records), start=1):
         out = Path(f"{args.prefix}{i}")
         out.mkdir(parents=True, exist_ok=True)
-        single = build_model(one.model)
-        single.load_state_dict(net.state_dict())
         checkpoint.save_config(out, one)
-        checkpoint.save_weights(out / checkpoint.WEIGHTS, single)
-        kept = {k: metrics[k] for k in ("val_items", "holdout_items") if k in metrics}
+        checkpoint.save_weights(out / checkpoint.WEIGHTS, net)  # a member is a one-network U-Net already
         checkpoint.write_metrics(out, {**kept, "record": record})
         print(out, record.get("run", ""))
 

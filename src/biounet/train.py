@@ -406,14 +406,14 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         if n != names[0]:
             raise InputError(f"{f}: validates or holds out other images than {folders[0]} "
                              "(another train.seed or data.split_seed?)")
+    most, count = int(RANGES["model.members"][1]), sum(c.model.members for c in cfgs)
+    if count > most:  # from the configs, before any weights are read
+        raise InputError(f"an ensemble holds at most {most} networks, these runs hold {count}")
     nets, records = [], []
     for f, c in zip(folders, cfgs):
-        n, r = _member_networks(f, c)
+        n, r = member_networks(f, c)
         nets += n
         records += r
-    most = int(RANGES["model.members"][1])
-    if len(nets) > most:
-        raise InputError(f"an ensemble holds at most {most} networks, these runs hold {len(nets)}")
     cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(nets)))
     module = build_model(cfg.model)
     for net, member in zip(nets, module.members):
@@ -451,7 +451,7 @@ def retune(model: str | Path, data: str | None = None) -> dict:
     return finish(folder, cfg, val_items, holdout_items)
 
 
-def _member_networks(folder: Path, cfg: RunConfig) -> tuple[list[torch.nn.Module], list[dict]]:
+def member_networks(folder: Path, cfg: RunConfig) -> tuple[list[torch.nn.Module], list[dict]]:
     """The U-Nets a run (one) or an ensemble folder (its members) holds, with their training records."""
     _, module = checkpoint.load_module(folder)
     if cfg.model.members == 1:
