@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from skimage.draw import disk
 
-from biounet.data.targets import (balanced_class_weights, binary_target, border_target, contact_target,
+from biounet.data.targets import (balanced_class_weights, binary_target, border_target, contact_target, depth_target,
                                   unet_weight_map)
 
 
@@ -285,3 +285,35 @@ def test_targets_reject_bad_label_images():
         unet_weight_map(np.zeros((2, 3, 4), dtype=np.int32))
     with pytest.raises(ValueError, match="integer"):
         border_target(np.zeros((4, 4), dtype=np.float32))
+
+
+# ---- depth3: soft classes, interior = depth / inscribed radius ------------------------------
+def test_depth_target_of_a_square_by_hand():
+    lab = np.zeros((7, 7), np.int32)
+    lab[1:6, 1:6] = 1  # a 5x5 square: distances to its outline 1, 2, 3 from the rim in; radius 3
+    t = depth_target(lab)
+    assert t.shape == (3, 7, 7) and t.dtype == np.float32
+    np.testing.assert_allclose(t.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(t[0], lab == 0)
+    assert t[1, 3, 3] == pytest.approx(1.0) and t[1, 2, 2] == pytest.approx(2 / 3) and t[1, 1, 3] == pytest.approx(1 / 3)
+    assert t[2, 1, 1] == pytest.approx(2 / 3) and t[2, 3, 3] == pytest.approx(0.0)
+
+
+def test_depth_target_thresholded_at_half_is_the_half_radius_contour_target():
+    rng = np.random.default_rng(3)
+    lab = np.zeros((96, 96), np.int32)
+    for k in range(1, 9):  # disks that may touch and overlap (later ones on top)
+        lab[disk(tuple(rng.integers(10, 86, 2)), rng.uniform(4, 14), shape=lab.shape)] = k
+    soft = depth_target(lab)
+    hard = border_target(lab, border_width=0, contours=True, border_fraction=0.5)
+    np.testing.assert_array_equal(np.argmax(soft, 0)[soft[1] != 0.5], hard[soft[1] != 0.5])
+    # each object's deepest pixels are interior with probability 1, its rim pixels barely
+    for k in np.unique(lab)[1:]:
+        assert soft[1][lab == k].max() == pytest.approx(1.0)
+
+
+def test_depth_target_of_an_object_filling_the_patch_is_all_interior():
+    t = depth_target(np.full((6, 6), 4, np.int32))
+    np.testing.assert_array_equal(t[1], 1.0)
+    assert not t[0].any() and not t[2].any()
+    np.testing.assert_array_equal(depth_target(np.zeros((5, 5), np.int32))[0], 1.0)

@@ -106,3 +106,38 @@ def test_class_weights_equal_an_explicit_weight_map_and_multiply_a_given_one():
 def test_class_weights_reject_bad_values(name, k, weights):
     with pytest.raises(ValueError, match="class.weights"):
         get_loss(name, k, weights)
+
+
+# ---- soft targets (class probabilities, data.target = "depth3") ------------------------------
+def _logits_and_classes():
+    logits = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(4))
+    target = torch.randint(0, 3, (2, 6, 6), generator=torch.Generator().manual_seed(5))
+    return logits, target
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "ce_dice"])
+def test_one_hot_soft_targets_give_the_class_target_loss(name):
+    from biounet.losses import with_class_weights
+
+    logits, target = _logits_and_classes()
+    soft = F.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    w = torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(6))
+    fn = get_loss(name, 3)
+    assert fn(logits, soft, w).item() == pytest.approx(fn(logits, target, w).item(), rel=1e-5)
+    weighted = with_class_weights(fn, [1.0, 2.0, 5.0])
+    assert weighted(logits, soft, w).item() == pytest.approx(weighted(logits, target, w).item(), rel=1e-5)
+
+
+def test_soft_cross_entropy_is_lowest_at_the_target_probabilities():
+    p = torch.softmax(torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(7)), 1)
+    at_target = torch.log(p).requires_grad_(True)
+    loss = ce_loss(at_target, p)
+    loss.backward()
+    assert at_target.grad.abs().max().item() < 1e-6  # softmax(logits) - p = 0
+    other = torch.log(torch.softmax(torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(8)), 1))
+    assert ce_loss(other, p).item() > loss.item()
+    # by hand at one pixel: -sum p log q
+    q = torch.tensor([0.2, 0.3, 0.5])
+    t = torch.tensor([0.0, 0.25, 0.75])
+    expected = -(0.25 * math.log(0.3) + 0.75 * math.log(0.5))
+    assert ce_loss(torch.log(q)[None, :, None, None], t[None, :, None, None]).item() == pytest.approx(expected, rel=1e-6)

@@ -10,7 +10,7 @@ from skimage.draw import disk
 
 from biounet import checkpoint
 from biounet.config import RunConfig, to_dict
-from biounet.data.targets import border_target, contact_target
+from biounet.data.targets import border_target, contact_target, depth_target
 from biounet.io import InputError
 from biounet.tasks import TASKS, apply_overrides, build_config, get_task, load_config
 
@@ -97,6 +97,8 @@ def test_nuclei_targets_follow_data_target_and_fraction():
     # contour4 = contour3 with the contact between the disks moved out of the band into class 3
     np.testing.assert_array_equal(contact == 3, (border_target(lab, border_width=3) == 2))
     np.testing.assert_array_equal(np.where(contact == 3, 2, contact), wide)
+    depth = task_for("task=nuclei", "data.target=depth3", "data.border_fraction=0.9").target(lab)
+    np.testing.assert_array_equal(depth, depth_target(lab))  # soft (3, H, W) classes; fraction unused
     # border3 ignores the fraction
     np.testing.assert_array_equal(task_for("task=nuclei", "data.target=border3",
                                            "data.border_fraction=0.9").target(lab), touching)

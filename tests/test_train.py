@@ -276,3 +276,28 @@ def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path)
     train(tiny_config(*stack_files, **base, **{"data.patch_size": 40}), tmp_path / "c", progress=False)
     with pytest.raises(InputError, match="data config differs"):  # other data settings still must match
         ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
+
+
+def test_soft_depth_targets_train_a_nuclei_run_end_to_end(tmp_path):
+    """data.target = depth3: soft (B, 3, H, W) targets go through loader, loss and tuning to instances."""
+    import tifffile
+
+    from tests.conftest import synthetic_pair
+
+    rng = np.random.default_rng(2)
+    pairs = [synthetic_pair(rng) for _ in range(4)]
+    tifffile.imwrite(tmp_path / "vol.tif", np.stack([p[0] for p in pairs]), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", np.stack([p[1] for p in pairs]), photometric="minisblack")
+    cfg = tiny_config(tmp_path / "vol.tif", tmp_path / "lab.tif",
+                      **{"task": "nuclei", "data.target": "depth3", "train.epochs": 2, "train.val_every": 1})
+    assert cfg.model.out_channels == 3 and cfg.train.loss == "ce_dice"
+    import biounet.train as train_module
+
+    with patch("biounet.train.train_step", wraps=train_module.train_step) as step:
+        result = train(cfg, tmp_path / "run", progress=False)
+    target = step.call_args_list[0].args[1]["target"]
+    assert target.shape == (4, 3, 32, 32) and target.dtype == torch.float32
+    torch.testing.assert_close(target.sum(1), torch.ones(4, 32, 32))
+    assert "tuned_dsb" in result and all(np.isfinite(h["loss"]) for h in read_history(tmp_path / "run"))
+    labels = load_model(tmp_path / "run").segment(pairs[0][0])
+    assert labels.dtype == np.int32 and labels.shape == (64, 64)

@@ -49,7 +49,8 @@ class DataConfig:
     labels: str = ""  # label stack or mask folder; unused for dsb
     # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
     # | contour4 (contour3 + a fourth class where two nuclei touch, taken out of the outline band)
-    target: Literal["binary", "membrane", "border3", "contour3", "contour4"] = "binary"
+    # | depth3 (contour3's classes as soft targets: interior = depth in the nucleus / its inscribed radius)
+    target: Literal["binary", "membrane", "border3", "contour3", "contour4", "depth3"] = "binary"
     border_fraction: float = 0.0  # contour3/4: outline band = max(2 px, this x each object's inscribed radius)
     foreground: Literal["nonzero", "zero"] = "nonzero"  # binary targets: which labels are foreground
     val_fraction: float = 0.2

@@ -6,6 +6,9 @@ losses the softmax inside ``cross_entropy``. An optional per-pixel weight map
 ``(B, H, W)`` (e.g. the U-Net paper's map from :mod:`biounet.data.targets`)
 weights the cross-entropy terms.
 
+Multi-class losses take either integer classes ``(B, H, W)`` or soft targets,
+class probabilities ``(B, K, H, W)`` (float; ``data.target = "depth3"``).
+
 Empty masks: soft Dice uses ``smooth = 1``, so an all-background target with
 an all-background prediction has loss ~0 and never divides by zero.
 """
@@ -46,9 +49,25 @@ def soft_dice_loss_binary(
     return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
 
 
+def _is_soft(target: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Class probabilities (B, K, H, W) rather than integer classes (B, H, W)."""
+    return target.ndim == logits.ndim and target.is_floating_point()
+
+
+def _class_probs(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Targets as (B, K, H, W) probabilities: soft targets as they are, classes one-hot."""
+    if _is_soft(target, logits):
+        return target.to(logits.dtype)
+    return F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+
+
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax cross-entropy; logits (B, K, H, W), target (B, H, W) integer classes."""
-    per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
+    """Softmax cross-entropy; logits (B, K, H, W), target (B, H, W) integer classes or (B, K, H, W)
+    class probabilities (then the cross-entropy against them, which is lowest at the target itself)."""
+    if _is_soft(target, logits):
+        per_pixel = F.cross_entropy(logits, target.to(logits.dtype), reduction="none")
+    else:
+        per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
     return _weighted_mean(per_pixel, weight)
 
 
@@ -57,7 +76,7 @@ def soft_dice_loss_multiclass(
 ) -> torch.Tensor:
     """Mean over foreground classes (1..K-1) of 1 - soft Dice of the softmax probabilities."""
     prob = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
+    onehot = _class_probs(target, prob)
     dims = (0, 2, 3)
     if weight is not None:
         w = weight[:, None]
@@ -87,7 +106,9 @@ def with_class_weights(loss_fn: LossFn, class_weights: Sequence[float]) -> LossF
         raise ValueError(f"class weights must be >= 0 and not all 0, got {list(class_weights)}")
 
     def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        per_class = table.to(logits.device)[target.long()]
+        t = table.to(logits.device)
+        # a soft target's pixel weighs the mean of the class weights under its class probabilities
+        per_class = (t[:, None, None] * target).sum(1) if _is_soft(target, logits) else t[target.long()]
         return loss_fn(logits, target, per_class if weight is None else per_class * weight)
 
     return loss

@@ -3,7 +3,7 @@
 Two instance routes, picked by what the network predicts:
 
 * 3-class softmax ``[background, interior, border]`` (``data.target = "border3"``,
-  ``"contour3"``; ``"contour4"`` adds a fourth class, the contact between nuclei):
+  ``"contour3"``, ``"depth3"``; ``"contour4"`` adds a fourth class, the contact between nuclei):
   seeds are confident interior pixels, which the border class has already cut
   apart between touching nuclei (and, with ``seed_h``, the separate peaks of the
   interior probability); a watershed grows them back over the foreground.

@@ -11,8 +11,9 @@ inconsistent config into one line at load time.
 * ``membrane``: EM membranes, ISBI 2012 labels (0 = membrane); V-Rand on the
   cells between predicted membranes (the leaderboard's thinned variant).
 * ``nuclei``: instances from a 3-class head (background, interior, outline
-  band; or 4 classes with the contact between touching nuclei apart) and a
-  seeded watershed; the DSB 2018 score.
+  band; or 4 classes with the contact between touching nuclei apart; or the
+  3 classes as soft targets, interior = depth in the nucleus) and a seeded
+  watershed; the DSB 2018 score.
 
 Adding a task is a class here plus a registry entry; the loop, prediction and
 CLI ask the task and never the other way round. Because the task supplies the
@@ -79,7 +80,8 @@ class Task:
 
     # ---- training ------------------------------------------------------------
     def target(self, labels: np.ndarray) -> np.ndarray:
-        """(H, W) integer labels -> training target: float {0,1} (sigmoid) or int64 classes (softmax)."""
+        """(H, W) integer labels -> training target: float {0,1} (sigmoid), int64 classes (softmax),
+        or (K, H, W) float class probabilities (softmax with soft targets)."""
         raise NotImplementedError
 
     def weight_objects(self, labels: np.ndarray) -> np.ndarray:
@@ -202,16 +204,18 @@ class NucleiTask(Task):
     instances = True
 
     def check(self) -> None:
-        self._require("data.target", self.cfg.data.target, ("contour3", "border3", "contour4"))
+        self._require("data.target", self.cfg.data.target, ("contour3", "border3", "contour4", "depth3"))
         self._require("model.out_channels", self.cfg.model.out_channels,
                       (4,) if self.cfg.data.target == "contour4" else (3,))
         self._require("post.mode", self.cfg.post.mode, ("instances",))
         super().check()
 
     def target(self, labels: np.ndarray) -> np.ndarray:
-        from .data.targets import border_target, contact_target
+        from .data.targets import border_target, contact_target, depth_target
 
         d = self.cfg.data
+        if d.target == "depth3":  # soft (3, H, W) probabilities; the border fraction is unused
+            return depth_target(labels)
         if d.target == "contour4":
             return contact_target(labels, border_fraction=d.border_fraction).astype(np.int64)
         contours = d.target == "contour3"  # border3 ignores the fraction
@@ -241,7 +245,7 @@ def get_task(cfg: RunConfig) -> Task:
 
 def legacy_task(target: str) -> str:
     """The task a config written before tasks existed (format 1) meant, read from its data.target."""
-    nuclei = ("border3", "contour3", "contour4")
+    nuclei = ("border3", "contour3", "contour4", "depth3")
     return "membrane" if target == "membrane" else "nuclei" if target in nuclei else "binary"
 
 

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..labels import check_labels
 
-__all__ = ["binary_target", "border_target", "contact_target", "unet_weight_map", "balanced_class_weights"]
+__all__ = ["binary_target", "border_target", "contact_target", "depth_target", "unet_weight_map", "balanced_class_weights"]
 
 # The touching term w0*exp(-(d1+d2)^2 / (2 sigma^2)) is computed exactly wherever
 # d1 + d2 <= R; beyond R it is left out, an absolute error of at most this value
@@ -112,6 +112,33 @@ def contact_target(labels: NDArray, border_fraction: float = 0.0, contact_width:
     """
     out = border_target(labels, contours=True, border_fraction=border_fraction)
     out[border_target(labels, border_width=contact_width) == 2] = 3
+    return out
+
+
+def depth_target(labels: NDArray) -> NDArray[np.float32]:
+    """Soft 3-class target ``(3, H, W)`` float32: background, interior, outline band as probabilities.
+
+    An object pixel at distance ``d`` from its outline, in an object of inscribed radius ``r``,
+    is interior with probability ``d / r`` (its depth: 1 on the centre line, ~0 on the outline)
+    and outline band with ``1 - d / r``; background pixels are background with probability 1.
+    Thresholded at 0.5 it is the ``contour3`` target with ``border_fraction = 0.5``; unthresholded,
+    the interior probability the network learns is a centre-ness map whose peaks are the nuclei's
+    centres, so the seeds (``seed_threshold``, ``seed_h``) can split touching nuclei at a level that
+    is tuned after training instead of fixed in the target.
+    """
+    lab = _check_labels(labels)
+    out = np.zeros((3, *lab.shape), dtype=np.float32)
+    out[0] = lab == 0
+    if not (lab > 0).any():
+        return out
+    dist = _outline_distance(lab)
+    finite = np.where(np.isfinite(dist), dist, 0.0)
+    radius = np.asarray(ndimage.maximum(finite, lab, index=np.arange(lab.max() + 1)))[lab]
+    obj = lab > 0
+    # an object without outline (it fills the patch) is interior throughout
+    depth = np.where(np.isfinite(dist), finite / np.maximum(radius, 1e-9), 1.0)
+    out[1][obj] = np.clip(depth[obj], 0.0, 1.0)
+    out[2][obj] = 1.0 - out[1][obj]
     return out
 
 
