@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from ..labels import check_labels
 
-__all__ = ["binary_target", "border_target", "contact_target", "depth_target", "unet_weight_map", "balanced_class_weights"]
+__all__ = ["binary_target", "border_target", "contact_target", "depth_target", "unet_weight_map",
+           "balanced_class_weights"]
 
 # The touching term w0*exp(-(d1+d2)^2 / (2 sigma^2)) is computed exactly wherever
 # d1 + d2 <= R; beyond R it is left out, an absolute error of at most this value
@@ -121,7 +122,7 @@ def depth_target(labels: NDArray) -> NDArray[np.float32]:
     An object pixel at distance ``d`` from its outline, in an object of inscribed radius ``r``,
     is interior with probability ``d / r`` (its depth: 1 on the centre line, ~0 on the outline)
     and outline band with ``1 - d / r``; background pixels are background with probability 1.
-    Thresholded at 0.5 it is the ``contour3`` target with ``border_fraction = 0.5``; unthresholded,
+    Its argmax is the ``contour3`` target with ``border_fraction = 0.5`` (without its 2 px minimum band); soft,
     the interior probability the network learns is a centre-ness map whose peaks are the nuclei's
     centres, so the seeds (``seed_threshold``, ``seed_h``) can split touching nuclei at a level that
     is tuned after training instead of fixed in the target.
