@@ -132,12 +132,10 @@ def depth_target(labels: NDArray) -> NDArray[np.float32]:
     out[0] = lab == 0
     if not (lab > 0).any():
         return out
-    dist = _outline_distance(lab)
-    finite = np.where(np.isfinite(dist), dist, 0.0)
-    radius = np.asarray(ndimage.maximum(finite, lab, index=np.arange(lab.max() + 1)))[lab]
+    dist, radius = _outline_distance_and_radius(lab)
     obj = lab > 0
     # an object without outline (it fills the patch) is interior throughout
-    depth = np.where(np.isfinite(dist), finite / np.maximum(radius, 1e-9), 1.0)
+    depth = np.where(np.isfinite(dist), dist / np.maximum(radius, 1e-9), 1.0)
     out[1][obj] = np.clip(depth[obj], 0.0, 1.0)
     out[2][obj] = 1.0 - out[1][obj]
     return out
@@ -163,15 +161,22 @@ def _outline_distance(lab: NDArray[np.int64]) -> NDArray[np.float64]:
     return dist
 
 
+def _outline_distance_and_radius(lab: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`_outline_distance` and, per pixel, its object's inscribed radius (the largest finite
+    distance in the object; 0 for an object without outline and for the background)."""
+    dist = _outline_distance(lab)
+    radius = ndimage.maximum(np.where(np.isfinite(dist), dist, 0.0), lab, index=np.arange(lab.max() + 1))
+    return dist, np.asarray(radius)[lab]
+
+
 def _contour_band(lab: NDArray[np.int64], border_width: int, fraction: float) -> NDArray[np.uint8]:
     """The contour band of :func:`border_target`: ``max(border_width, fraction * r)`` deep per object."""
     out = (lab > 0).astype(np.uint8)
     if not out.any():
         return out
-    dist = _outline_distance(lab)
+    dist, radius = _outline_distance_and_radius(lab)
     # An object without outline (dist = inf) gets radius 0 and, being inf away, no band.
-    radius = ndimage.maximum(np.where(np.isfinite(dist), dist, 0.0), lab, index=np.arange(lab.max() + 1))
-    band = np.maximum(float(border_width), fraction * np.asarray(radius)[lab])
+    band = np.maximum(float(border_width), fraction * radius)
     out[(lab > 0) & (dist <= band)] = 2
     return out
 
