@@ -55,6 +55,23 @@ def test_predict_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     assert res.exit_code == 2 and "rgba4.tif" in res.output
 
 
+def test_predict_channel_of_a_multichannel_tiff_equals_that_channel_alone(tiny_run, tmp_path):
+    rng = np.random.default_rng(0)
+    cyx = rng.integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "two.tif", cyx, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "second.tif", cyx[1])
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(tmp_path / "two.tif")])
+    assert res.exit_code == 2 and "two.tif: has 2 channels" in res.output and "--channel" in res.output
+    assert not (tmp_path / "o" / "two.tif").exists()
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--channel", "1",
+                              str(tmp_path / "two.tif")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(tmp_path / "second.tif")])
+    assert res.exit_code == 0, res.output
+    got, alone = read_stack(tmp_path / "o" / "two.tif"), read_stack(tmp_path / "o" / "second.tif")
+    assert got.shape == (1, 64, 64) and np.array_equal(got, alone)
+
+
 def test_a_bad_file_does_not_stop_the_batch_and_outputs_are_checked_first(tiny_run, tmp_path):
     """#14: bad files are listed at the end; clashing names, an --out file and existing outputs are refused."""
     (tmp_path / "a").mkdir()

@@ -32,6 +32,38 @@ def test_stack_pages_and_single_rgb_tiff(tmp_path):
         read_image(tmp_path / "s.tif")
 
 
+def test_a_channel_axis_needs_a_channel_and_gives_that_one(tmp_path):
+    """An ImageJ CYX / ZCYX TIFF is not a stack of pages: refused without ``channel``, one channel with it."""
+    cyx = np.stack([np.full((8, 9), 10, np.uint16), np.full((8, 9), 20, np.uint16)])
+    tifffile.imwrite(tmp_path / "cyx.tif", cyx, imagej=True, metadata={"axes": "CYX"})
+    with pytest.raises(InputError, match=r"cyx\.tif: has 2 channels .*--channel 0\.\.1"):
+        read_stack(tmp_path / "cyx.tif")
+    one = read_stack(tmp_path / "cyx.tif", channel=1)
+    assert one.shape == (1, 8, 9) and (one == 20).all()
+    with pytest.raises(InputError, match=r"cyx\.tif: has 2 channel\(s\); --channel 2 is out of range"):
+        read_stack(tmp_path / "cyx.tif", channel=2)
+    zcyx = np.arange(3 * 2 * 8 * 9, dtype=np.uint16).reshape(3, 2, 8, 9)
+    tifffile.imwrite(tmp_path / "zcyx.tif", zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    assert np.array_equal(read_stack(tmp_path / "zcyx.tif", channel=0), zcyx[:, 0])
+    assert np.array_equal(read_stack(tmp_path / "zcyx.tif", channel=1), zcyx[:, 1])
+
+
+def test_channel_picks_a_plane_of_rgb_and_channel_zero_of_gray(tmp_path):
+    import imageio.v3 as iio
+
+    rgb = np.zeros((5, 7, 3), np.uint8)
+    rgb[..., 2] = 77
+    iio.imwrite(tmp_path / "c.png", rgb)
+    blue = read_stack(tmp_path / "c.png", channel=2)
+    assert blue.shape == (1, 5, 7) and (blue == 77).all()
+    tifffile.imwrite(tmp_path / "g.tif", np.full((5, 7), 3, np.uint8))
+    assert np.array_equal(read_stack(tmp_path / "g.tif", channel=0), read_stack(tmp_path / "g.tif"))
+    with pytest.raises(InputError, match=r"g\.tif: has 1 channel\(s\)"):
+        read_stack(tmp_path / "g.tif", channel=1)
+    with pytest.raises(InputError, match="must be >= 0"):
+        read_stack(tmp_path / "g.tif", channel=-1)
+
+
 def test_corrupt_missing_and_empty(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png at all")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import pytest
 
 pytest.importorskip("napari", reason="napari not installed (pip install 'biounet[napari]')")
@@ -70,6 +71,13 @@ def test_reader_opens_biounet_outputs_as_what_they_are(tmp_path):
     assert read["p.tif"][2] == "image" and read["p.tif"][1]["contrast_limits"] == (0.0, 1.0)
     assert read["raw.tif"][2] == "image" and read["raw.tif"][0].shape == (3, 20, 30)
     assert plug.get_reader(str(tmp_path / "x.png")) is None and plug.get_reader([str(tmp_path / "a.tif")]) is None
+
+
+def test_reader_gives_each_channel_of_a_multichannel_tiff_its_layer(tmp_path):
+    cyx = np.stack([np.full((20, 30), 1, np.uint16), np.full((20, 30), 2, np.uint16)])
+    tifffile.imwrite(tmp_path / "c.tif", cyx, imagej=True, metadata={"axes": "CYX"})
+    (data, meta, kind), = plug.get_reader(str(tmp_path / "c.tif"))(str(tmp_path / "c.tif"))
+    assert kind == "image" and meta["channel_axis"] == 0 and np.array_equal(data, cyx)
 
 
 def test_sample_data_are_the_shipped_samples():

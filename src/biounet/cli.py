@@ -97,6 +97,10 @@ def predict(
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
     instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
+    channel: Optional[int] = typer.Option(
+        None, "--channel", "-c", min=0,
+        help="Segment this channel (0-based) of multi-channel TIFFs (ImageJ/OME C axis) or RGB images; "
+             "required for TIFFs with several channels."),
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to about 1448x1448 (2.1 Mpx), tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
@@ -142,7 +146,7 @@ def predict(
     failed: list[str] = []
     for path in tqdm(mine, desc="images", disable=len(mine) < 2 or rank > 0):
         try:
-            written = predict_file(seg, path, out, opts)
+            written = predict_file(seg, path, out, opts, channel)
         except InputError as exc:  # one bad file does not stop the batch
             failed.append(str(exc))
             continue

@@ -39,11 +39,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr[0]
 
 
-def read_stack(path: str | Path) -> np.ndarray:
+def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     """Read an image or a multi-page TIFF as (N, H, W) or (N, H, W, C).
 
     Single images come back with N = 1. Alpha channels are dropped because no
     microscopy signal lives there (the DSB 2018 PNGs are RGBA with alpha 255).
+    A TIFF with a channel axis (ImageJ / OME ``C``, e.g. DAPI + a membrane stain)
+    is refused unless ``channel`` says which one to read: flattening channels into
+    pages would segment each stain as if it were another image. ``channel`` also
+    picks one plane of an RGB image (nuclei in the blue plane of a composite).
     """
     path = Path(path)
     if not path.exists():
@@ -52,9 +56,11 @@ def read_stack(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: is a folder, expected an image file")
     if path.stat().st_size == 0:  # decoders report this as e.g. "KeyError: b''"
         raise InputError(f"{path}: file is empty (0 bytes)")
+    if channel is not None and channel < 0:
+        raise InputError(f"{path}: channel must be >= 0, got {channel}")
     try:
         if _suffix(path) in (".tif", ".tiff"):
-            arr = _read_tiff(path)
+            arr, channel = _read_tiff(path, channel)
         else:
             import imageio.v3 as iio
 
@@ -65,7 +71,16 @@ def read_stack(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
         raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
-    return _drop_alpha(arr, path)
+    arr = _drop_alpha(arr, path)
+    return arr if channel is None else _pick_sample(arr, channel, path)
+
+
+def _pick_sample(arr: np.ndarray, channel: int, path: Path) -> np.ndarray:
+    """Plane ``channel`` of an (N, H, W, C) stack; channel 0 of a gray (N, H, W) one is itself."""
+    n = arr.shape[-1] if arr.ndim == 4 else 1
+    if channel >= n:
+        raise InputError(f"{path}: has {n} channel(s); --channel {channel} is out of range (0..{n - 1})")
+    return arr[..., channel] if arr.ndim == 4 else arr
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,19 +93,38 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """TIFF -> (N, H, W[, C]) using the file's own axes (samples last, pages first)."""
+def tiff_channels(path: str | Path) -> int:
+    """Length of a TIFF's channel axis (ImageJ / OME ``C``; RGB samples are not counted), 1 if none."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        series = tf.series[0]
+        return int(series.shape[series.axes.index("C")]) if "C" in series.axes else 1
+
+
+def _read_tiff(path: Path, channel: int | None = None) -> tuple[np.ndarray, int | None]:
+    """TIFF -> (N, H, W[, C]) using the file's own axes (samples last, pages first), and the part of
+    ``channel`` still to apply: a ``C`` axis is resolved here, RGB samples by the caller."""
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
         arr = series.asarray()
         axes = series.axes
+    if "C" in axes:
+        n = arr.shape[axes.index("C")]
+        if channel is None and n > 1:
+            raise InputError(f"{path}: has {n} channels (TIFF axes {axes}); choose the one to segment "
+                             f"with --channel 0..{n - 1}")
+        if (channel or 0) >= n:
+            raise InputError(f"{path}: has {n} channel(s); --channel {channel} is out of range (0..{n - 1})")
+        arr = np.take(arr, channel or 0, axis=axes.index("C"))
+        axes, channel = axes.replace("C", ""), None
     if "S" in axes and axes.index("S") != len(axes) - 1:
         arr = np.moveaxis(arr, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
     spatial = 3 if axes.endswith("S") else 2
-    return arr.reshape((-1,) + arr.shape[arr.ndim - spatial :])
+    return arr.reshape((-1,) + arr.shape[arr.ndim - spatial :]), channel
 
 
 def strip_alpha(arr: np.ndarray) -> np.ndarray:

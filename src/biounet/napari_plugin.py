@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from . import checkpoint
-from .io import InputError, output_kind, read_stack
+from .io import InputError, output_kind, read_stack, tiff_channels
 from .postprocess import foreground_prob
 
 if TYPE_CHECKING:
@@ -146,6 +146,11 @@ def read_layers(path: str) -> list[tuple]:
     """One layer: a biounet output as what it is, any other TIFF (stack) as an image."""
     path = Path(path)
     kind = output_kind(path)
+    channels = tiff_channels(path)
+    if kind is None and channels > 1:  # DAPI + a membrane stain...: one napari layer per channel
+        arr = np.stack([read_stack(path, c) for c in range(channels)])
+        arr = arr[:, 0] if arr.shape[1] == 1 else arr
+        return [(arr, {"name": path.stem, "channel_axis": 0}, "image")]
     arr = read_stack(path)
     arr = arr[0] if arr.shape[0] == 1 else arr
     if kind in ("labels", "mask"):
