@@ -324,3 +324,30 @@ def test_retune_stores_fresh_thresholds_and_refuses_a_missing_model(tiny_run, tm
     assert "tuned_v_rand=" in res.output and (run / "thresholds.json").is_file()
     res = runner.invoke(app, ["retune", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "nope: not a model folder" in res.output and "Traceback" not in res.output
+
+
+def test_a_model_trained_on_one_channel_predicts_that_channel_by_default(tmp_path):
+    """data.channel is saved with the run, so predict reads the channel the model learned, unless told."""
+    from tests.conftest import synthetic_pair
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "mk").mkdir()
+    for i in range(3):
+        img, lab = synthetic_pair(rng)
+        noise = rng.integers(0, 255, img.shape, dtype=np.uint8)
+        tifffile.imwrite(tmp_path / "im" / f"{i}.tif", np.stack([noise, img]), imagej=True, metadata={"axes": "CYX"})
+        tifffile.imwrite(tmp_path / "mk" / f"{i}.tif", lab)
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", str(tmp_path / "im"), "--out", str(tmp_path / "run"),
+                              "--set", "data.kind=folders", "--set", f"data.labels={tmp_path / 'mk'}",
+                              "--set", "data.channel=1", "--set", "data.patch_size=32", "--set", "data.patches_per_epoch=4",
+                              "--set", "model.base_features=4", "--set", "model.depth=2", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", "-m", str(tmp_path / "run"), "-o", str(tmp_path / "o"), str(tmp_path / "im" / "0.tif")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", "-m", str(tmp_path / "run"), "-o", str(tmp_path / "o1"), "--channel", "1",
+                              str(tmp_path / "im" / "0.tif")])
+    assert np.array_equal(read_stack(tmp_path / "o" / "0.tif"), read_stack(tmp_path / "o1" / "0.tif"))
+    res = runner.invoke(app, ["predict", "-m", str(tmp_path / "run"), "-o", str(tmp_path / "o0"), "--channel", "0",
+                              str(tmp_path / "im" / "0.tif")])
+    assert res.exit_code == 0 and (tmp_path / "o0" / "0.tif").exists()

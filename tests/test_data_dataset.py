@@ -144,3 +144,38 @@ def test_stain_jitter_restains_colour_images_only_and_keeps_labels_aligned():
             window = (slice(top, top + 32), slice(left, left + 32))
             np.testing.assert_array_equal(patch["target"].numpy(), task.target(lab[window]))
             assert np.allclose(patch["image"].numpy()[0], plain[window][..., 0], atol=1e-6) != changed
+
+
+def test_data_channel_reads_that_channel_from_every_kind_of_source(tmp_path):
+    """data.channel: folders of CYX TIFFs, a ZCYX-free CYX stack's pages, and RGB planes all give channel k."""
+    import tifffile
+    import imageio.v3 as iio
+
+    from biounet.data.dataset import items_from_config
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((16, 20), np.uint8)
+    lab[4:9, 5:12] = 1
+    (tmp_path / "im").mkdir()
+    (tmp_path / "mk").mkdir()
+    cyx = rng.integers(0, 255, (2, 16, 20), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "im" / "a.tif", cyx, imagej=True, metadata={"axes": "CYX"})
+    iio.imwrite(tmp_path / "mk" / "a.png", lab)
+    base = DataConfig(kind="folders", images=str(tmp_path / "im"), labels=str(tmp_path / "mk"))
+    with pytest.raises(InputError, match="a.tif: has 2 channels"):
+        items_from_config(base)[0].load()
+    for k in (0, 1):
+        img, got = items_from_config(DataConfig(**{**base.__dict__, "channel": k}))[0].load()
+        assert np.array_equal(img, cyx[k]) and np.array_equal(got, lab)
+    # a 3-page stack with 2 channels per page, and an RGB picture read through one plane
+    tzcyx = rng.integers(0, 255, (3, 2, 16, 20), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "vol.tif", tzcyx, imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "lab.tif", np.stack([lab] * 3), photometric="minisblack")
+    items = items_from_config(DataConfig(kind="stack", images=str(tmp_path / "vol.tif"),
+                                         labels=str(tmp_path / "lab.tif"), channel=1))
+    assert len(items) == 3 and all(np.array_equal(it.load()[0], tzcyx[i, 1]) for i, it in enumerate(items))
+    rgb = rng.integers(0, 255, (16, 20, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "im" / "a.png", rgb)
+    (tmp_path / "im" / "a.tif").unlink()
+    img, _ = items_from_config(DataConfig(**{**base.__dict__, "channel": 2}))[0].load()
+    assert np.array_equal(img, rgb[..., 2])

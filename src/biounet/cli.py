@@ -100,7 +100,7 @@ def predict(
     channel: Optional[int] = typer.Option(
         None, "--channel", "-c", min=0,
         help="Segment this channel (0-based) of multi-channel TIFFs (ImageJ/OME C axis) or RGB images; "
-             "required for TIFFs with several channels."),
+             "required for TIFFs with several channels (default: the model's data.channel, if it was trained on one)."),
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to about 1448x1448 (2.1 Mpx), tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
@@ -136,6 +136,8 @@ def predict(
     seg = _run(load_model, model, device=device, options=options)
     if instances:
         seg = seg.with_post(mode="instances")
+    if channel is None and seg.config.data.channel >= 0:  # the channel the model was trained on
+        channel = seg.config.data.channel
     todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")

@@ -65,6 +65,9 @@ class DataConfig:
     patches_per_epoch: int = 200
     # see biounet.normalize: per-image percentiles, optionally as one "objects are bright" channel
     normalize: Literal["percentile", "percentile_invert", "nuclei", "minmax", "range", "none"] = "percentile"
+    # -1: images as they are; k >= 0: channel k of multi-channel images (a TIFF's C axis, e.g. DAPI of
+    # DAPI + GFP, or plane k of RGB), in training and, by default, when the model predicts
+    channel: int = -1
     weight_map: bool = False  # paper's weight map (class balance + touching-object term)
     w0: float = 10.0
     # paper: eq. 2 (class balance + touching term on background pixels); touch: 1 + the touching term on
@@ -146,7 +149,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.base_features": (1, None), "model.kernel_size": (1, None), "model.pool_size": (2, None),
     "model.dropout": (0, 1), "model.members": (1, 16),
     "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1),
-    "data.split_seed": (-1, None), "data.patch_size": (1, None),
+    "data.split_seed": (-1, None), "data.channel": (-1, None), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
     "data.num_workers": (0, None),
     "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),

@@ -28,12 +28,13 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, channel: int | None = None) -> np.ndarray:
     """Read one 2D image as (H, W) or (H, W, C); RGBA loses its alpha.
 
     A multi-page TIFF is rejected here: use :func:`read_stack` for stacks.
+    ``channel`` reads one channel of a multi-channel image, as in :func:`read_stack`.
     """
-    arr = read_stack(path)
+    arr = read_stack(path, channel)
     if arr.shape[0] != 1:
         raise InputError(f"{path}: is a stack of {arr.shape[0]} pages; expected a single image")
     return arr[0]
@@ -75,7 +76,12 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     return arr if channel is None else _pick_sample(arr, channel, path)
 
 
-def _pick_sample(arr: np.ndarray, channel: int, path: Path) -> np.ndarray:
+def pick_channel(image: np.ndarray, channel: int | None, name: str) -> np.ndarray:
+    """Channel ``channel`` of an in-memory (H, W[, C]) image (None: the image as it is), as files get it."""
+    return image if channel is None else _pick_sample(np.asarray(image)[None], channel, name)[0]
+
+
+def _pick_sample(arr: np.ndarray, channel: int, path: Path | str) -> np.ndarray:
     """Plane ``channel`` of an (N, H, W, C) stack; channel 0 of a gray (N, H, W) one is itself."""
     n = arr.shape[-1] if arr.ndim == 4 else 1
     if channel >= n:

@@ -9,6 +9,7 @@ folders, and the Kaggle DSB 2018 layout (folder or zip).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, RunConfig
-from ..io import InputError, list_images, read_image, read_stack
+from ..io import InputError, list_images, pick_channel, read_image, read_stack
 from ..labels import check_labels
 from ..normalize import network_input
 
@@ -34,6 +35,7 @@ class Item:
     labels: str = ""
     page: int = 0
     extra: object = None  # DsbItem / CocoItem for dsb and coco sources
+    channel: int | None = None  # data.channel: read this channel of multi-channel images
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """-> raw image (H, W[, C]) and integer labels (H, W)."""
@@ -41,12 +43,15 @@ class Item:
             import tifffile
 
             try:
-                img = tifffile.imread(self.image, key=self.page)
+                img = (tifffile.imread(self.image, key=self.page) if self.channel is None
+                       else read_stack(self.image, self.channel)[self.page])
                 lab = tifffile.imread(self.labels, key=self.page)
+            except InputError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{self.image}: cannot read page {self.page} ({exc})") from None
         elif self.kind == "file":
-            img, lab = read_image(self.image), read_image(self.labels)
+            img, lab = read_image(self.image, self.channel), read_image(self.labels)
         elif self.kind == "dsb":
             from .dsb import load_dsb_pair
 
@@ -57,6 +62,8 @@ class Item:
             img, lab = load_coco_image(self.extra), coco_labels(self.extra)
         else:
             raise ValueError(self.kind)
+        if self.kind in ("dsb", "coco"):
+            img = pick_channel(img, self.channel, self.name)
         lab = label_image(lab, str(self.labels or self.image))
         if img.shape[:2] != lab.shape[:2]:
             raise InputError(f"{self.labels or self.image}: mask size {lab.shape[:2]} != image size {img.shape[:2]}")
@@ -88,15 +95,16 @@ def label_image(lab: np.ndarray, name: str) -> np.ndarray:
         raise InputError(str(exc)) from None
 
 
-def stack_items(images: str | Path, labels: str | Path) -> list[Item]:
+def stack_items(images: str | Path, labels: str | Path, channel: int | None = None) -> list[Item]:
     """Pages of an image TIFF stack paired with the pages of a label stack."""
-    img, lab = read_stack(images), read_stack(labels)
+    img, lab = read_stack(images, channel), read_stack(labels)
     if img.shape[0] != lab.shape[0]:
         raise InputError(f"{labels}: {lab.shape[0]} label pages but {img.shape[0]} image pages in {images}")
     if img.shape[1:3] != lab.shape[1:3]:
         raise InputError(f"{labels}: label size {lab.shape[1:3]} != image size {img.shape[1:3]}")
     stem = Path(images).stem
-    return [Item(f"{stem}[{i}]", "stack", str(images), str(labels), page=i) for i in range(img.shape[0])]
+    return [Item(f"{stem}[{i}]", "stack", str(images), str(labels), page=i, channel=channel)
+            for i in range(img.shape[0])]
 
 
 def folder_items(images: str | Path, masks: str | Path) -> list[Item]:
@@ -150,15 +158,18 @@ def guess_kind(images: str | Path, labels: str | Path | None = None) -> str | No
 def items_from_config(cfg: DataConfig) -> list[Item]:
     if not cfg.images:
         raise InputError("data.images is not set (give --data or set it in the config)")
+    channel = cfg.channel if cfg.channel >= 0 else None
     if cfg.kind == "stack":
-        return stack_items(cfg.images, cfg.labels)
+        return stack_items(cfg.images, cfg.labels, channel)
     if cfg.kind == "folders":
-        return folder_items(cfg.images, cfg.labels)
-    if cfg.kind == "dsb":
-        return dsb_items(cfg.images)
-    if cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
-        return coco_items(cfg.images, cfg.labels)
-    raise InputError(f"data.kind must be stack|folders|dsb|coco, got {cfg.kind!r}")
+        items = folder_items(cfg.images, cfg.labels)
+    elif cfg.kind == "dsb":
+        items = dsb_items(cfg.images)
+    elif cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
+        items = coco_items(cfg.images, cfg.labels)
+    else:
+        raise InputError(f"data.kind must be stack|folders|dsb|coco, got {cfg.kind!r}")
+    return items if channel is None else [dataclasses.replace(it, channel=channel) for it in items]
 
 
 def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Item], list[Item]]:
