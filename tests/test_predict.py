@@ -101,6 +101,20 @@ def test_big_images_stream_through_memmaps(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["big.tif", "big_overlay.png"]  # temp files cleaned
 
 
+@pytest.mark.parametrize("diameter", [None, 10.0])
+def test_streamed_images_get_the_probabilities_however_they_are_computed(tmp_path, monkeypatch, diameter):
+    """Regression: a streamed image predicted whole or rescaled (--diameter) wrote all-zero output,
+    because those paths returned their result instead of filling the memory map."""
+    seg = dataclasses.replace(make_segmenter(base_features=4, depth=2), train_diameter=20.0)
+    seg = seg.with_options(diameter=diameter)
+    img = np.random.default_rng(5).integers(0, 255, (120, 100), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    expected = seg.predict(img)
+    monkeypatch.setattr(P, "STREAM_PIXELS", 50 * 50)  # streamed, but below the automatic tiling size
+    out, = P.predict_file(seg, tmp_path / "big.tif", tmp_path / "o", P.OutputOptions(probabilities=True))
+    assert np.allclose(tifffile.imread(out), expected, atol=1e-6)
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

@@ -163,12 +163,19 @@ class Segmenter:
     def predict_prepared(self, x: Any, out: Any = None) -> Any:
         """Normalized (C, H, W) (array or lazy view) -> (K, H, W) float32 probabilities.
 
-        ``out`` (tiled path only) may be a memmap or zarr array to stream into.
+        ``out`` may be a memmap or zarr array: the tiled path streams into it; the whole-image and
+        rescaled (``diameter``) paths compute in memory and copy their result into it, so a caller
+        that reads ``out`` always gets the probabilities.
         """
         self.module.eval()
         if self.scale != 1.0:
-            return self._predict_rescaled(np.asarray(x))
-        return self._predict_native(x, out)
+            probs = self._predict_rescaled(np.asarray(x))
+        else:
+            probs = self._predict_native(x, out)
+        if out is not None and probs is not out:
+            out[...] = probs
+            return out
+        return probs
 
     def _predict_native(self, x: Any, out: Any = None) -> Any:
         if self.uses_tiles(x.shape[1:]):
@@ -304,6 +311,7 @@ class OutputOptions:
 
     probabilities: bool = False  # float32 probabilities instead of masks/labels
     overlays: bool = False  # <stem>_overlay.png beside each output
+    measure: bool = False  # <stem>.csv: one row per object (instance labels only; see biounet.measure)
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -406,6 +414,11 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
     results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
     written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0],
                            kind=_kind(seg, opts))]
+    if opts.measure:
+        from .measure import object_table, write_table
+
+        tables = [object_table(res, page) for page, res in zip(stack, results)]
+        written.append(write_table(out_dir / f"{path.stem}.csv", tables, pages=len(tables) > 1))
     if opts.overlays:  # one picture per page: a PNG for an image, an RGB TIFF stack for a stack
         from .overlay import overlay
 
@@ -447,6 +460,10 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             for y in range(0, h, block):
                 result[y : y + block] = seg.segment_probs(np.asarray(probs[:, y : y + block]))
         written = [write_image(dest, result, kind=_kind(seg, opts))]
+        if opts.measure:  # regionprops reads each object's box of the memory maps, not the whole image
+            from .measure import object_table, write_table
+
+            written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw)]))
         if opts.overlays:
             from .overlay import overlay
 
