@@ -96,6 +96,9 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
+    measure: bool = typer.Option(
+        False, help="Also write <stem>.csv: one row per object (position, area, shape, raw intensity); "
+                    "instance labels only (a nuclei model, or --instances)."),
     instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
     channel: Optional[int] = typer.Option(
         None, "--channel", "-c", min=0,
@@ -138,11 +141,13 @@ def predict(
         seg = seg.with_post(mode="instances")
     if channel is None and seg.config.data.channel >= 0:  # the channel the model was trained on
         channel = seg.config.data.channel
+    if measure and (probabilities or seg.post.mode != "instances"):
+        _fail("--measure needs instance labels: use a nuclei model or --instances, without --probabilities")
     todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
-    opts = OutputOptions(probabilities=probabilities, overlays=overlays)
+    opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure)
     from tqdm.auto import tqdm
 
     failed: list[str] = []

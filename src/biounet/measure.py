@@ -1,0 +1,72 @@
+"""Per-object measurements of instance labels: the table a biologist reads after segmenting.
+
+One row per object with where it is, its size and shape, and the intensity of the raw image under it
+(per channel for colour images), by scikit-image's ``regionprops_table``. ``predict --measure`` writes
+it as ``<stem>.csv`` beside each label image; a stack gets a ``page`` column.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .io import atomic_path
+
+# regionprops names -> column names (y, x: row and column of the centroid, in pixels)
+SHAPE = {"label": "label", "centroid-0": "y", "centroid-1": "x", "area": "area", "perimeter": "perimeter",
+         "equivalent_diameter_area": "equivalent_diameter", "axis_major_length": "major_axis",
+         "axis_minor_length": "minor_axis", "eccentricity": "eccentricity", "solidity": "solidity"}
+INTENSITY = ("intensity_mean", "intensity_min", "intensity_max")
+
+
+def object_table(labels: np.ndarray, image: Any = None) -> dict[str, np.ndarray]:
+    """Columns of per-object measurements of an (H, W) label image, ordered by label.
+
+    ``image`` (H, W) or (H, W, C), as read from the file, adds the mean, min and max intensity under
+    each object (``mean_intensity``, or ``mean_intensity_0..C-1`` for several channels). Measured on
+    the raw values, not the network's normalised input, so numbers compare across images.
+    """
+    from skimage.measure import regionprops_table
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    props = ["label", "centroid", *[k for k in SHAPE if k not in ("label", "centroid-0", "centroid-1")]]
+    intensity = None
+    if image is not None:
+        intensity = np.asarray(image)
+        if intensity.shape[:2] != labels.shape:
+            raise ValueError(f"image size {intensity.shape[:2]} != label size {labels.shape}")
+        if intensity.ndim == 3 and all(np.array_equal(intensity[..., 0], intensity[..., c])
+                                       for c in range(1, intensity.shape[2])):
+            intensity = intensity[..., 0]  # a gray image saved as RGB: one set of intensity columns
+        props += list(INTENSITY)
+    raw = regionprops_table(labels.astype(np.int32, copy=False), intensity_image=intensity, properties=props)
+    table = {SHAPE[k]: v for k, v in raw.items() if k in SHAPE}
+    for k, v in raw.items():
+        if k.startswith("intensity_"):  # "intensity_mean" or "intensity_mean-2" -> "mean_intensity(_2)"
+            stat, _, ch = k[len("intensity_"):].partition("-")
+            table[f"{stat}_intensity" + (f"_{ch}" if ch else "")] = v
+    return table
+
+
+def write_table(path: str | Path, tables: Sequence[dict[str, np.ndarray]], pages: bool = False) -> Path:
+    """Write one or more object tables as one CSV, atomically; ``pages`` adds the table's index as ``page``."""
+    path = Path(path)
+    columns = list(tables[0]) if tables else list(SHAPE.values())
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow((["page"] if pages else []) + columns)
+            for page, table in enumerate(tables):
+                for i in range(len(table["label"])):
+                    out.writerow(([page] if pages else []) + [_fmt(table[c][i]) for c in columns])
+    return path
+
+
+def _fmt(v: Any) -> str:
+    """Integers as integers, floats to 6 significant digits (pixels and intensities need no more)."""
+    v = np.asarray(v).item()
+    return str(v) if isinstance(v, (int, np.integer)) else f"{v:.6g}"
