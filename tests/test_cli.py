@@ -351,3 +351,17 @@ def test_a_model_trained_on_one_channel_predicts_that_channel_by_default(tmp_pat
     res = runner.invoke(app, ["predict", "-m", str(tmp_path / "run"), "-o", str(tmp_path / "o0"), "--channel", "0",
                               str(tmp_path / "im" / "0.tif")])
     assert res.exit_code == 0 and (tmp_path / "o0" / "0.tif").exists()
+
+
+def test_measure_needs_instance_labels_and_writes_a_table_per_image(tiny_run, tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--measure", str(tmp_path / "a.tif")])
+    assert res.exit_code == 2 and "--measure needs instance labels" in res.output
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--measure", "--instances",
+                              str(tmp_path / "a.tif")])
+    assert res.exit_code == 0, res.output
+    labels = read_stack(tmp_path / "o" / "a.tif")[0]
+    header, *rows = (tmp_path / "o" / "a.csv").read_text().splitlines()
+    assert header.startswith("label,y,x,area,") and len(rows) == len(np.unique(labels[labels > 0]))
