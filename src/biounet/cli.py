@@ -407,7 +407,7 @@ def submit(
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
 ) -> None:
-    """Run the shipped models on the sample images shipped with biounet; write masks + overlays."""
+    """Run the shipped models on the sample images shipped with biounet; write masks + overlays (+ nucleus tables)."""
     _setup_logging(False)
     from .checkpoint import shipped_models
     from .predict import OutputOptions, load_model, predict_file
@@ -421,7 +421,8 @@ def demo(
             continue
         seg = load_model(name)
         for path in sorted(folder.iterdir()):
-            written = predict_file(seg, path, out / name, OutputOptions(overlays=True))
+            opts = OutputOptions(overlays=True, measure=seg.post.mode == "instances")  # nuclei: + a table
+            written = predict_file(seg, path, out / name, opts)
             typer.echo(f"{name}: {path.name} -> " + ", ".join(str(w) for w in written))
 
 
