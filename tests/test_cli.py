@@ -365,3 +365,16 @@ def test_measure_needs_instance_labels_and_writes_a_table_per_image(tiny_run, tm
     labels = read_stack(tmp_path / "o" / "a.tif")[0]
     header, *rows = (tmp_path / "o" / "a.csv").read_text().splitlines()
     assert header.startswith("label,y,x,area,") and len(rows) == len(np.unique(labels[labels > 0]))
+
+
+def test_pixel_size_needs_measure_and_adds_micrometre_columns(tiny_run, tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--instances",
+                              "--pixel-size", "0.65", str(tmp_path / "a.tif")])
+    assert res.exit_code == 2 and "add --measure" in res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--instances", "--measure",
+                              "--pixel-size", "0.65", str(tmp_path / "a.tif")])
+    assert res.exit_code == 0, res.output
+    header = (tmp_path / "o" / "a.csv").read_text().splitlines()[0].split(",")
+    assert {"area_um2", "equivalent_diameter_um", "touches_border"} <= set(header)

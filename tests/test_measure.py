@@ -30,6 +30,21 @@ def test_rows_by_hand_for_two_boxes():
     assert t["max_intensity"].tolist() == [12 * 3 + 4, 12 * 8 + 10]
     assert t["solidity"].tolist() == [1, 1]
     assert np.allclose(t["equivalent_diameter"], np.sqrt(4 * np.array([12, 15]) / np.pi))
+    assert t["touches_border"].tolist() == [0, 0]
+
+
+def test_border_objects_are_flagged_and_pixel_size_scales_lengths_and_area():
+    lab, img = _two_boxes()
+    lab[0, 1:5] = 1  # box 1 now reaches the top edge
+    lab[6:9, 11] = 3  # box 3 the right edge
+    lab[4, 5] = 4  # a single inner pixel
+    t = object_table(lab, pixel_size=0.5)
+    assert t["touches_border"].tolist() == [1, 1, 0]
+    assert t["area_um2"].tolist() == [a * 0.25 for a in t["area"]]
+    assert t["x_um"].tolist() == [x * 0.5 for x in t["x"]]
+    assert np.allclose(t["equivalent_diameter_um"], t["equivalent_diameter"] * 0.5)
+    with pytest.raises(ValueError, match="pixel size"):
+        object_table(lab, pixel_size=0)
 
 
 def test_colour_gets_a_column_per_channel_and_gray_saved_as_rgb_gets_one():

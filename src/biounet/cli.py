@@ -99,6 +99,8 @@ def predict(
     measure: bool = typer.Option(
         False, help="Also write <stem>.csv: one row per object (position, area, shape, raw intensity); "
                     "instance labels only (a nuclei model, or --instances)."),
+    pixel_size: Optional[float] = typer.Option(
+        None, help="Micrometres per pixel (> 0): --measure's table also in um and um^2."),
     instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
     channel: Optional[int] = typer.Option(
         None, "--channel", "-c", min=0,
@@ -143,11 +145,15 @@ def predict(
         channel = seg.config.data.channel
     if measure and (probabilities or seg.post.mode != "instances"):
         _fail("--measure needs instance labels: use a nuclei model or --instances, without --probabilities")
+    if pixel_size is not None and not measure:
+        _fail("--pixel-size calibrates --measure's table; add --measure")
+    if pixel_size is not None and not pixel_size > 0:
+        _fail(f"--pixel-size must be > 0 micrometres per pixel, got {pixel_size}")
     todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
-    opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure)
+    opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure, pixel_size=pixel_size)
     from tqdm.auto import tqdm
 
     failed: list[str] = []

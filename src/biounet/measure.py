@@ -21,12 +21,15 @@ SHAPE = {"label": "label", "centroid-0": "y", "centroid-1": "x", "area": "area",
 INTENSITY = ("intensity_mean", "intensity_min", "intensity_max")
 
 
-def object_table(labels: np.ndarray, image: Any = None) -> dict[str, np.ndarray]:
+def object_table(labels: np.ndarray, image: Any = None, pixel_size: float | None = None) -> dict[str, np.ndarray]:
     """Columns of per-object measurements of an (H, W) label image, ordered by label.
 
-    ``image`` (H, W) or (H, W, C), as read from the file, adds the mean, min and max intensity under
-    each object (``mean_intensity``, or ``mean_intensity_0..C-1`` for several channels). Measured on
-    the raw values, not the network's normalised input, so numbers compare across images.
+    ``touches_border`` is 1 for objects cut by the image edge, whose size and shape are partial
+    (counts usually leave them out). ``image`` (H, W) or (H, W, C), as read from the file, adds the
+    mean, min and max intensity under each object (``mean_intensity``, or ``mean_intensity_0..C-1``
+    for several channels), measured on the raw values, not the network's normalised input, so numbers
+    compare across images. ``pixel_size`` (micrometres per pixel) adds the positions, lengths and
+    area in micrometres (``*_um``, ``area_um2``).
     """
     from skimage.measure import regionprops_table
 
@@ -45,6 +48,15 @@ def object_table(labels: np.ndarray, image: Any = None) -> dict[str, np.ndarray]
         props += list(INTENSITY)
     raw = regionprops_table(labels.astype(np.int32, copy=False), intensity_image=intensity, properties=props)
     table = {SHAPE[k]: v for k, v in raw.items() if k in SHAPE}
+    edge = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.int64)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = 1
+    table["touches_border"] = edge[table["label"]]
+    if pixel_size is not None:
+        if not pixel_size > 0:
+            raise ValueError(f"pixel size must be > 0 micrometres, got {pixel_size}")
+        for k in ("y", "x", "perimeter", "equivalent_diameter", "major_axis", "minor_axis"):
+            table[f"{k}_um"] = table[k] * pixel_size
+        table["area_um2"] = table["area"] * pixel_size**2
     for k, v in raw.items():
         if k.startswith("intensity_"):  # "intensity_mean" or "intensity_mean-2" -> "mean_intensity(_2)"
             stat, _, ch = k[len("intensity_"):].partition("-")

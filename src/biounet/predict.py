@@ -312,6 +312,7 @@ class OutputOptions:
     probabilities: bool = False  # float32 probabilities instead of masks/labels
     overlays: bool = False  # <stem>_overlay.png beside each output
     measure: bool = False  # <stem>.csv: one row per object (instance labels only; see biounet.measure)
+    pixel_size: float | None = None  # micrometres per pixel: the table also in micrometres
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -417,7 +418,7 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
     if opts.measure:
         from .measure import object_table, write_table
 
-        tables = [object_table(res, page) for page, res in zip(stack, results)]
+        tables = [object_table(res, page, opts.pixel_size) for page, res in zip(stack, results)]
         written.append(write_table(out_dir / f"{path.stem}.csv", tables, pages=len(tables) > 1))
     if opts.overlays:  # one picture per page: a PNG for an image, an RGB TIFF stack for a stack
         from .overlay import overlay
@@ -463,7 +464,7 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
         if opts.measure:  # regionprops reads each object's box of the memory maps, not the whole image
             from .measure import object_table, write_table
 
-            written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw)]))
+            written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw, opts.pixel_size)]))
         if opts.overlays:
             from .overlay import overlay
 
