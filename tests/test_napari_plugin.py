@@ -80,6 +80,23 @@ def test_reader_gives_each_channel_of_a_multichannel_tiff_its_layer(tmp_path):
     assert kind == "image" and meta["channel_axis"] == 0 and np.array_equal(data, cyx)
 
 
+def test_labels_layer_carries_the_measure_table_keyed_by_label_value():
+    from napari.layers import Labels
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:9] = 7
+    labels[10:15, 10:20] = 2
+    image = np.full((20, 30), 5, np.uint8)
+    image[10:15, 10:20] = 9
+    data, props, kind = plug.layer_tuple(labels, "x", "labels", "m", image)
+    layer = Labels(data, **props)
+    assert kind == "labels" and layer.features["index"].tolist() == [2, 7]
+    assert layer.features["area"].tolist() == [50, 24] and layer.features["mean_intensity"].tolist() == [9, 5]
+    assert layer._label_index == {2: 0, 7: 1}  # napari finds label 7's row by the index column
+    stack, props, _ = plug.layer_tuple(np.stack([labels, labels]), "x", "labels", "m")
+    assert "features" not in props  # slices label independently: no one table for the stack
+
+
 def test_sample_data_are_the_shipped_samples():
     for fn, rgb in ((plug.sample_nuclei, True), (plug.sample_tissue, True), (plug.sample_em, False)):
         (data, meta, kind), = fn()
@@ -126,6 +143,7 @@ def test_widget_segments_in_a_worker_and_adds_a_labels_layer(make_napari_viewer,
     assert type(layer).__name__ == "Labels" and layer.name == "nuclei_labels"
     expected = load_model("dsb2018-nuclei").segment(viewer.layers["nuclei"].data)
     np.testing.assert_array_equal(layer.data, expected)
+    assert len(layer.features) == len(np.unique(expected)) - 1  # one row of measurements per nucleus
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     path = tmp_path / "napari-widget.png"

@@ -62,11 +62,22 @@ def segment_layer(
     yield results[0] if len(results) == 1 else np.stack(results)
 
 
-def layer_tuple(result: np.ndarray, name: str, output: str, model_name: str) -> tuple[np.ndarray, dict, str]:
-    """The napari LayerDataTuple for a result: Labels for labels, a 0..1 Image for probabilities."""
+def layer_tuple(result: np.ndarray, name: str, output: str, model_name: str,
+                image: np.ndarray | None = None) -> tuple[np.ndarray, dict, str]:
+    """The napari LayerDataTuple for a result: Labels for labels, a 0..1 Image for probabilities.
+
+    Labels of one 2D image carry ``predict --measure``'s table as layer features (napari shows a
+    label's row when the pointer is over it); ``image``, the layer segmented, adds its intensities.
+    """
     meta = {"biounet_model": model_name}
     if output == "labels":
-        return result, {"name": f"{name}_labels", "metadata": meta}, "labels"
+        props = {"name": f"{name}_labels", "metadata": meta}
+        if result.ndim == 2:
+            from .measure import object_table
+
+            table = object_table(result, image if image is not None and image.shape[:2] == result.shape else None)
+            props["features"] = {"index": table["label"], **table}  # "index": the label value of each row
+        return result, props, "labels"
     return result, {"name": f"{name}_probabilities", "contrast_limits": (0.0, 1.0), "colormap": "magma",
                     "metadata": meta}, "image"
 
@@ -117,7 +128,7 @@ def _widget_factory():
                     yield item  # progress
                 else:
                     result = item
-            return layer_tuple(result, name, output, Path(chosen).name)
+            return layer_tuple(result, name, output, Path(chosen).name, np.asarray(data))
 
         worker = run()
         # napari connects the result to the viewer when this returns; start only after that
