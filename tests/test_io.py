@@ -40,7 +40,7 @@ def test_a_channel_axis_needs_a_channel_and_gives_that_one(tmp_path):
         read_stack(tmp_path / "cyx.tif")
     one = read_stack(tmp_path / "cyx.tif", channel=1)
     assert one.shape == (1, 8, 9) and (one == 20).all()
-    with pytest.raises(InputError, match=r"cyx\.tif: has 2 channel\(s\); --channel 2 is out of range"):
+    with pytest.raises(InputError, match=r"cyx\.tif: has 2 channel\(s\); channel 2 is out of range"):
         read_stack(tmp_path / "cyx.tif", channel=2)
     zcyx = np.arange(3 * 2 * 8 * 9, dtype=np.uint16).reshape(3, 2, 8, 9)
     tifffile.imwrite(tmp_path / "zcyx.tif", zcyx, imagej=True, metadata={"axes": "ZCYX"})

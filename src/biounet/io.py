@@ -85,7 +85,7 @@ def _pick_sample(arr: np.ndarray, channel: int, path: Path | str) -> np.ndarray:
     """Plane ``channel`` of an (N, H, W, C) stack; channel 0 of a gray (N, H, W) one is itself."""
     n = arr.shape[-1] if arr.ndim == 4 else 1
     if channel >= n:
-        raise InputError(f"{path}: has {n} channel(s); --channel {channel} is out of range (0..{n - 1})")
+        raise InputError(f"{path}: has {n} channel(s); channel {channel} is out of range (0..{n - 1})")
     return arr[..., channel] if arr.ndim == 4 else arr
 
 
@@ -121,9 +121,9 @@ def _read_tiff(path: Path, channel: int | None = None) -> tuple[np.ndarray, int 
         n = arr.shape[axes.index("C")]
         if channel is None and n > 1:
             raise InputError(f"{path}: has {n} channels (TIFF axes {axes}); choose the one to segment "
-                             f"with --channel 0..{n - 1}")
+                             f"with --channel 0..{n - 1} (data.channel to train on it)")
         if (channel or 0) >= n:
-            raise InputError(f"{path}: has {n} channel(s); --channel {channel} is out of range (0..{n - 1})")
+            raise InputError(f"{path}: has {n} channel(s); channel {channel} is out of range (0..{n - 1})")
         arr = np.take(arr, channel or 0, axis=axes.index("C"))
         axes, channel = axes.replace("C", ""), None
     if "S" in axes and axes.index("S") != len(axes) - 1:

@@ -42,8 +42,7 @@ def object_table(labels: np.ndarray, image: Any = None, pixel_size: float | None
         intensity = np.asarray(image)
         if intensity.shape[:2] != labels.shape:
             raise ValueError(f"image size {intensity.shape[:2]} != label size {labels.shape}")
-        if intensity.ndim == 3 and all(np.array_equal(intensity[..., 0], intensity[..., c])
-                                       for c in range(1, intensity.shape[2])):
+        if intensity.ndim == 3 and _same_channels(intensity):
             intensity = intensity[..., 0]  # a gray image saved as RGB: one set of intensity columns
         props += list(INTENSITY)
     raw = regionprops_table(labels.astype(np.int32, copy=False), intensity_image=intensity, properties=props)
@@ -62,6 +61,16 @@ def object_table(labels: np.ndarray, image: Any = None, pixel_size: float | None
             stat, _, ch = k[len("intensity_"):].partition("-")
             table[f"{stat}_intensity" + (f"_{ch}" if ch else "")] = v
     return table
+
+
+def _same_channels(image: Any, rows: int = 1024) -> bool:
+    """Whether every channel of an (H, W, C) image equals the first, compared in row blocks (a memory map
+    of a whole slide is never held twice)."""
+    for y in range(0, image.shape[0], rows):
+        block = np.asarray(image[y : y + rows])
+        if not (block == block[..., :1]).all():
+            return False
+    return True
 
 
 def write_table(path: str | Path, tables: Sequence[dict[str, np.ndarray]], pages: bool = False) -> Path:

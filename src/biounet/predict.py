@@ -408,7 +408,7 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
         if channel is not None:  # a strided view: the memory map is still read tile by tile
             n = lazy.shape[2] if lazy.ndim == 3 else 1
             if not 0 <= channel < n:
-                raise InputError(f"{path}: has {n} channel(s); --channel {channel} is out of range (0..{n - 1})")
+                raise InputError(f"{path}: has {n} channel(s); channel {channel} is out of range (0..{n - 1})")
             lazy = lazy[..., channel] if lazy.ndim == 3 else lazy
         return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path))
     stack = read_stack(path, channel)
@@ -461,7 +461,7 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             for y in range(0, h, block):
                 result[y : y + block] = seg.segment_probs(np.asarray(probs[:, y : y + block]))
         written = [write_image(dest, result, kind=_kind(seg, opts))]
-        if opts.measure:  # regionprops reads each object's box of the memory maps, not the whole image
+        if opts.measure:  # regionprops scans the label map once, then reads one object's box at a time
             from .measure import object_table, write_table
 
             written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw, opts.pixel_size)]))
