@@ -378,3 +378,21 @@ def test_pixel_size_needs_measure_and_adds_micrometre_columns(tiny_run, tmp_path
     assert res.exit_code == 0, res.output
     header = (tmp_path / "o" / "a.csv").read_text().splitlines()[0].split(",")
     assert {"area_um2", "equivalent_diameter_um", "touches_border"} <= set(header)
+
+
+def test_outlines_need_instance_labels_and_a_known_format(tiny_run, tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--outlines", "svg",
+                              str(tmp_path / "a.tif")])
+    assert res.exit_code == 2 and "--outlines must be imagej or geojson" in res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--outlines", "imagej",
+                              str(tmp_path / "a.tif")])
+    assert res.exit_code == 2 and "--outlines needs instance labels" in res.output
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), "--outlines", "imagej",
+                              "--instances", str(tmp_path / "a.tif")])
+    assert res.exit_code == 0, res.output
+    labels = read_stack(tmp_path / "o" / "a.tif")[0]
+    import roifile
+
+    assert len(roifile.roiread(tmp_path / "o" / "a_rois.zip") or []) == len(np.unique(labels[labels > 0]))

@@ -99,6 +99,9 @@ def predict(
     measure: bool = typer.Option(
         False, help="Also write <stem>.csv: one row per object (position, area, shape, raw intensity); "
                     "instance labels only (a nuclei model, or --instances)."),
+    outlines: Optional[str] = typer.Option(
+        None, help="Also write each object's outline: imagej (<stem>_rois.zip for Fiji's ROI Manager) or "
+                   "geojson (<stem>.geojson for QuPath); instance labels only."),
     pixel_size: Optional[float] = typer.Option(
         None, help="Micrometres per pixel (> 0): --measure's table also in um and um^2."),
     instances: bool = typer.Option(False, help="Instance labels even from a mask model (EM: one label per cell)."),
@@ -126,6 +129,8 @@ def predict(
     from .io import InputError
     from .predict import OutputOptions, PredictOptions, check_outputs, expand_inputs, load_model, predict_file
 
+    if outlines is not None and outlines not in ("imagej", "geojson"):
+        _fail(f"--outlines must be imagej or geojson, got {outlines!r}")
     rank, world, local_world = _distributed()
     _set_threads(threads, share=local_world)
     files = _run(expand_inputs, [str(p) for p in inputs])
@@ -145,6 +150,8 @@ def predict(
         channel = seg.config.data.channel
     if measure and (probabilities or seg.post.mode != "instances"):
         _fail("--measure needs instance labels: use a nuclei model or --instances, without --probabilities")
+    if outlines and (probabilities or seg.post.mode != "instances"):
+        _fail("--outlines needs instance labels: use a nuclei model or --instances, without --probabilities")
     if pixel_size is not None and not measure:
         _fail("--pixel-size calibrates --measure's table; add --measure")
     if pixel_size is not None and not pixel_size > 0:
@@ -153,7 +160,8 @@ def predict(
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
-    opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure, pixel_size=pixel_size)
+    opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure, pixel_size=pixel_size,
+                         outlines=outlines)
     from tqdm.auto import tqdm
 
     failed: list[str] = []

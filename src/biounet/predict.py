@@ -313,6 +313,7 @@ class OutputOptions:
     overlays: bool = False  # <stem>_overlay.png beside each output
     measure: bool = False  # <stem>.csv: one row per object (instance labels only; see biounet.measure)
     pixel_size: float | None = None  # micrometres per pixel: the table also in micrometres
+    outlines: str | None = None  # "imagej" (<stem>_rois.zip) or "geojson" (<stem>.geojson); see biounet.outlines
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -420,6 +421,10 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
 
         tables = [object_table(res, page, opts.pixel_size) for page, res in zip(stack, results)]
         written.append(write_table(out_dir / f"{path.stem}.csv", tables, pages=len(tables) > 1))
+    if opts.outlines:
+        from .outlines import write_outlines
+
+        written.append(write_outlines(out_dir, path.stem, opts.outlines, results))
     if opts.overlays:  # one picture per page: a PNG for an image, an RGB TIFF stack for a stack
         from .overlay import overlay
 
@@ -465,6 +470,10 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             from .measure import object_table, write_table
 
             written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw, opts.pixel_size)]))
+        if opts.outlines:
+            from .outlines import write_outlines
+
+            written.append(write_outlines(dest.parent, dest.stem, opts.outlines, [result]))
         if opts.overlays:
             from .overlay import overlay
 
