@@ -396,3 +396,19 @@ def test_outlines_need_instance_labels_and_a_known_format(tiny_run, tmp_path):
     import roifile
 
     assert len(roifile.roiread(tmp_path / "o" / "a_rois.zip") or []) == len(np.unique(labels[labels > 0]))
+
+
+def test_check_data_checks_the_channel_training_will_read(tmp_path):
+    (tmp_path / "im").mkdir()
+    (tmp_path / "mk").mkdir()
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 5:15] = 1
+    for i in range(2):
+        tifffile.imwrite(tmp_path / "im" / f"{i}.tif", np.zeros((2, 40, 50), np.uint8), imagej=True,
+                         metadata={"axes": "CYX"})
+        tifffile.imwrite(tmp_path / "mk" / f"{i}.tif", mask)
+    args = ["check-data", str(tmp_path / "im"), "--labels", str(tmp_path / "mk")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "0.tif: has 2 channels" in res.output
+    res = runner.invoke(app, args + ["--channel", "1"])
+    assert res.exit_code == 0 and "2 image(s) checked: 0 error(s)" in res.output

@@ -383,6 +383,7 @@ def check_data(
     data: str = typer.Argument(..., help="Training data: DSB zip/folder, image folder, TIFF stack, COCO JSON."),
     labels: Optional[str] = typer.Option(None, help="Mask folder or label stack (for folders and stacks)."),
     kind: Optional[str] = typer.Option(None, help="data.kind, if it cannot be guessed (stack, folders, dsb, coco)."),
+    channel: int = typer.Option(-1, help="data.channel: check channel k of multi-channel images (-1: as they are)."),
 ) -> None:
     """Check a training set: unreadable files, size mismatches, duplicates, empty masks; a summary per modality."""
     _setup_logging(False)
@@ -393,7 +394,7 @@ def check_data(
     kind = kind or guess_kind(data, labels)
     if kind is None:
         _fail(f"{data}: cannot tell what kind of data this is; give --kind (and --labels)")
-    cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or ""}, "data.")
+    cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or "", "channel": channel}, "data.")
     report = check_items(_run(items_from_config, cfg))
     typer.echo(format_report(report))
     if not report.ok:
