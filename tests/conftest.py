@@ -1,6 +1,8 @@
 """Shared tiny fixtures: synthetic stacks and folders built in tmp_path."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,19 @@ def tiny_run(tmp_path_factory) -> Path:
     ])
     train(cfg, root / "run", progress=False)
     return root / "run"
+
+
+PORT_CLASH = ("address already in use", "eaddrinuse", "the server socket has failed to listen")
+
+
+def run_torchrun(cmd: list[str], out_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a torchrun command; once more, from an empty ``out_dir``, if its rendezvous lost a port race.
+
+    ``torchrun --standalone`` picks a free local port and binds it a moment later; another test run on
+    the machine can take it in between. That, and only that, is retried: any other failure is returned.
+    """
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0 and any(s in out.stderr.lower() for s in PORT_CLASH):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return out

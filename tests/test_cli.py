@@ -213,7 +213,6 @@ def test_train_from_a_task_alone(stack_files, tmp_path):
 def test_torchrun_predict_shards_files_and_matches_one_process(tiny_run, tmp_path):
     """2 CPU processes over a folder write exactly the files (and bytes) one process writes."""
     import shutil
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -226,9 +225,10 @@ def test_torchrun_predict_shards_files_and_matches_one_process(tiny_run, tmp_pat
         tifffile.imwrite(tmp_path / "in" / f"img{i}.tif", rng.integers(0, 255, (40 + i, 50), dtype=np.uint8))
     one = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "one"), str(tmp_path / "in")])
     assert one.exit_code == 0, one.output
-    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "biounet.cli", "predict",
-                          "-m", str(tiny_run), "-o", str(tmp_path / "two"), str(tmp_path / "in")],
-                         capture_output=True, text=True, timeout=300)
+    from tests.conftest import run_torchrun
+
+    two = run_torchrun([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "biounet.cli", "predict",
+                        "-m", str(tiny_run), "-o", str(tmp_path / "two"), str(tmp_path / "in")], tmp_path / "two")
     assert two.returncode == 0, two.stderr[-2000:]
     assert "5 image(s)" in two.stdout and "2 processes: 3, 2" in two.stdout
     names = sorted(p.name for p in (tmp_path / "one").iterdir())

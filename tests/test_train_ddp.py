@@ -1,10 +1,11 @@
 """Data-parallel training through torchrun (gloo on CPU): two ranks, one run folder."""
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_torchrun
 
 
 @pytest.mark.slow
@@ -19,11 +20,9 @@ def test_torchrun_two_processes(stack_files, tmp_path):
         'val_indices = [3]\npatch_size = 32\npatches_per_epoch = 8\n'
         "[train]\nepochs = 2\nbatch_size = 2\nthreads = 1\n"
     )
-    out = subprocess.run(
+    out = run_torchrun(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "biounet.cli", "train",
-         "-c", str(cfg), "-o", str(tmp_path / "run"), "--quiet"],
-        capture_output=True, text=True, timeout=300,
-    )
+         "-c", str(cfg), "-o", str(tmp_path / "run"), "--quiet"], tmp_path / "run")
     assert out.returncode == 0, out.stderr[-2000:]
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert len(history) == 2  # written once (rank 0), not once per rank
