@@ -26,4 +26,6 @@ def test_interval_brackets_zero_for_noise_and_excludes_it_for_a_clear_gain():
     assert np.isclose(hi - lo, 2 * 1.96 * noise.std() / np.sqrt(50), rtol=0.15)
     mean, lo, hi = paired_bootstrap(a, a + noise + 0.05)
     assert 0 < lo < mean < hi and np.isclose(mean, 0.05)
-    assert paired_bootstrap(a, a, seed=3) == paired_bootstrap(a, a, seed=3)  # seeded: reruns print the same
+    b = a + noise
+    assert paired_bootstrap(a, b, seed=3) == paired_bootstrap(a, b, seed=3)  # seeded: reruns print the same
+    assert paired_bootstrap(a, b, seed=3) != paired_bootstrap(a, b, seed=4)

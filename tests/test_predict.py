@@ -115,6 +115,20 @@ def test_streamed_images_get_the_probabilities_however_they_are_computed(tmp_pat
     assert np.allclose(tifffile.imread(out), expected, atol=1e-6)
 
 
+def test_a_streamed_rgb_image_predicts_one_plane_with_channel(tmp_path, monkeypatch):
+    seg = make_segmenter(base_features=4, depth=2).with_options(tile=64)
+    rgb = np.random.default_rng(6).integers(0, 255, (120, 100, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "plane.tif", rgb[..., 1])
+    monkeypatch.setattr(P, "STREAM_PIXELS", 50 * 50)
+    opts = P.OutputOptions(probabilities=True)
+    got, = P.predict_file(seg, tmp_path / "rgb.tif", tmp_path / "a", opts, channel=1)
+    want, = P.predict_file(seg, tmp_path / "plane.tif", tmp_path / "b", opts)
+    assert np.array_equal(tifffile.imread(got), tifffile.imread(want))
+    with pytest.raises(biounet.io.InputError, match="has 3 channel"):
+        P.predict_file(seg, tmp_path / "rgb.tif", tmp_path / "c", opts, channel=3)
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

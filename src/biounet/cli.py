@@ -148,10 +148,9 @@ def predict(
         seg = seg.with_post(mode="instances")
     if channel is None and seg.config.data.channel >= 0:  # the channel the model was trained on
         channel = seg.config.data.channel
-    if measure and (probabilities or seg.post.mode != "instances"):
-        _fail("--measure needs instance labels: use a nuclei model or --instances, without --probabilities")
-    if outlines and (probabilities or seg.post.mode != "instances"):
-        _fail("--outlines needs instance labels: use a nuclei model or --instances, without --probabilities")
+    for flag, asked in (("--measure", measure), ("--outlines", outlines)):
+        if asked and (probabilities or seg.post.mode != "instances"):
+            _fail(f"{flag} needs instance labels: use a nuclei model or --instances, without --probabilities")
     if pixel_size is not None and not measure:
         _fail("--pixel-size calibrates --measure's table; add --measure")
     if pixel_size is not None and not pixel_size > 0:

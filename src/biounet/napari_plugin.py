@@ -157,11 +157,12 @@ def read_layers(path: str) -> list[tuple]:
     """One layer: a biounet output as what it is, any other TIFF (stack) as an image."""
     path = Path(path)
     kind = output_kind(path)
-    channels = tiff_channels(path)
-    if kind is None and channels > 1:  # DAPI + a membrane stain...: one napari layer per channel
-        arr = np.stack([read_stack(path, c) for c in range(channels)])
-        arr = arr[:, 0] if arr.shape[1] == 1 else arr
-        return [(arr, {"name": path.stem, "channel_axis": 0}, "image")]
+    if kind is None and tiff_channels(path) > 1:  # DAPI + a membrane stain...: one napari layer per channel
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:  # read once, as the file orders its axes
+            series = tf.series[0]
+            return [(series.asarray(), {"name": path.stem, "channel_axis": series.axes.index("C")}, "image")]
     arr = read_stack(path)
     arr = arr[0] if arr.shape[0] == 1 else arr
     if kind in ("labels", "mask"):

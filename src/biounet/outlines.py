@@ -44,7 +44,7 @@ def write_imagej_rois(path: str | Path, pages: Sequence[list[tuple[int, np.ndarr
     """A Fiji/ImageJ ROI set (zip of polygon ROIs named by label; on stacks, each ROI on its slice), atomically."""
     import roifile
 
-    rois, names = [], []
+    rois = []
     for p, objects in enumerate(pages):
         for k, xy in objects:
             roi = roifile.ImagejRoi.frompoints(xy)
@@ -53,14 +53,8 @@ def write_imagej_rois(path: str | Path, pages: Sequence[list[tuple[int, np.ndarr
                 roi.position = p + 1  # ImageJ slices count from 1
             roi.name = f"{p + 1:04d}-{k:05d}" if len(pages) > 1 else f"{k:05d}"  # slice-label, as Fiji names them
             rois.append(roi)
-            names.append(roi.name)
     with atomic_path(path) as tmp:
-        if rois:
-            roifile.roiwrite(tmp, rois, name=names, mode="w")
-        else:  # an empty, valid zip: no objects found
-            import zipfile
-
-            zipfile.ZipFile(tmp, "w").close()
+        roifile.roiwrite(tmp, rois, mode="w")  # entries named by roi.name; no objects: an empty, valid zip
     return Path(path)
 
 

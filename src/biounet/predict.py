@@ -401,16 +401,12 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
 
     ``channel`` reads one channel of a multi-channel file (see :func:`biounet.io.read_stack`).
     """
-    from .io import open_lazy, read_stack, write_image
+    from .io import open_lazy, pick_channel, read_stack, write_image
 
     out_dir = Path(out_dir)
     lazy = open_lazy(path)
     if lazy is not None and lazy.shape[0] * lazy.shape[1] > STREAM_PIXELS:
-        if channel is not None:  # a strided view: the memory map is still read tile by tile
-            n = lazy.shape[2] if lazy.ndim == 3 else 1
-            if not 0 <= channel < n:
-                raise InputError(f"{path}: has {n} channel(s); channel {channel} is out of range (0..{n - 1})")
-            lazy = lazy[..., channel] if lazy.ndim == 3 else lazy
+        lazy = pick_channel(lazy, channel, str(path))  # a strided view: still read tile by tile
         return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path))
     stack = read_stack(path, channel)
     results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
