@@ -129,6 +129,13 @@ CASES = [
      lambda m, t: ["check-data", str(_dsb_zip(t, [_disk(), np.zeros((16, 16), np.uint8)]))], "mask is empty"),
     ("overlapping DSB masks",
      lambda m, t: ["check-data", str(_dsb_zip(t, [_disk(5), _disk(4)]))], "pixels lie in more than one mask"),
+    ("NaN pixels in a float image",
+     lambda m, t: _predict(m, t, "nan.tif", _tiff_bytes(np.where(np.eye(40, dtype=bool), np.nan, 1.0)
+                                                          .astype(np.float32))),
+     "nan.tif: 40 pixel(s) are NaN or infinite"),
+    ("infinite pixels in a training image",
+     lambda m, t: ["check-data", str(_folders(t, np.full((16, 16), np.inf, np.float32), _disk())[0]),
+                   "--labels", str(t / "masks")], "a.tif: 256 pixel(s) are NaN or infinite"),
     ("pickled checkpoint as a model",
      lambda m, t: _predict(_model_copy(m, t, lambda f: (f / checkpoint.WEIGHTS).unlink() or
                                        (f / "model.pt").write_bytes(b"\x80\x04pickle")), t, "ok.tif", _tiff_bytes()),
@@ -138,8 +145,8 @@ CASES = [
 
 def _tiff_bytes(arr: np.ndarray | None = None) -> bytes:
     buf = io.BytesIO()
-    if arr is None:
-        tifffile.imwrite(buf, np.full((40, 40), 30, np.uint8))
+    if arr is None or arr.ndim == 2:
+        tifffile.imwrite(buf, np.full((40, 40), 30, np.uint8) if arr is None else arr)
     else:  # (H, W, C): one page of C samples per pixel
         tifffile.imwrite(buf, arr, photometric="minisblack", planarconfig="contig")
     return buf.getvalue()

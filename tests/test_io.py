@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from biounet.io import InputError, atomic_path, list_images, read_image, read_stack, write_image
+from biounet.io import InputError, atomic_path, check_finite, list_images, read_image, read_stack, write_image
 
 
 def test_png_rgba_drops_alpha_and_16bit_tiff_keeps_dtype(tmp_path):
@@ -113,3 +113,18 @@ def test_decompression_bomb_is_refused_by_its_header_with_the_reason(tmp_path):
     tracemalloc.stop()
     assert "decompression bomb" in str(err.value) and "\n" not in str(err.value)
     assert peak < 50 * 2**20  # 10^10 pixels were never allocated
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_counted_in_every_row_block_and_integers_pass(tmp_path, bad):
+    img = np.ones((50, 7), np.float32)
+    img[3, 1] = img[49, 6] = bad  # one in the first block of 8 rows, one in the last (partial) block
+    with pytest.raises(InputError, match=r"^m\.tif: 2 pixel\(s\) are NaN or infinite"):
+        check_finite(img, "m.tif", rows=8)
+    np.save(tmp_path / "m.npy", img)
+    with pytest.raises(InputError, match="2 pixel"):  # a memory map, read block by block
+        check_finite(np.load(tmp_path / "m.npy", mmap_mode="r"), "m.npy", rows=8)
+    img[3, 1] = img[49, 6] = 0
+    assert check_finite(img, "m.tif", rows=8) is img
+    ints = np.zeros((4, 4), np.uint16)
+    assert check_finite(ints, "u.tif") is ints

@@ -129,6 +129,21 @@ def test_a_streamed_rgb_image_predicts_one_plane_with_channel(tmp_path, monkeypa
         P.predict_file(seg, tmp_path / "rgb.tif", tmp_path / "c", opts, channel=3)
 
 
+def test_nan_pixels_are_refused_in_memory_and_when_streamed(tmp_path, monkeypatch):
+    """Regression: one NaN made the normalised image all NaN, so a float image came out empty
+    (membranes) or crashed in the watershed (nuclei); now it is refused, naming the image."""
+    seg = make_segmenter(base_features=4, depth=2)
+    img = np.ones((120, 100), np.float32)
+    img[60, 50] = np.nan
+    with pytest.raises(biounet.io.InputError, match="^cells: 1 pixel"):
+        seg.segment(img, "cells")  # the Python API (and napari) path
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    monkeypatch.setattr(P, "STREAM_PIXELS", 50 * 50)
+    with pytest.raises(biounet.io.InputError, match="big.tif: 1 pixel"):
+        P.predict_file(seg, tmp_path / "big.tif", tmp_path / "o", P.OutputOptions())
+    assert not list(tmp_path.glob("o/*.tif"))
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

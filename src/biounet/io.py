@@ -72,7 +72,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
         raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
-    arr = _drop_alpha(arr, path)
+    arr = check_finite(_drop_alpha(arr, path), path)
     return arr if channel is None else _pick_sample(arr, channel, path)
 
 
@@ -137,6 +137,22 @@ def strip_alpha(arr: np.ndarray) -> np.ndarray:
     """Drop an alpha channel on the last axis: RGBA -> RGB, gray + alpha -> gray + 1 channel."""
     c = arr.shape[-1]
     return arr[..., :3] if c == 4 else arr[..., :1] if c == 2 else arr
+
+
+def check_finite(arr: Any, path: Path | str, rows: int = 1024) -> Any:
+    """``arr`` unchanged, or an :class:`InputError` if a float image holds NaN or infinite pixels.
+
+    Percentile normalisation turns one NaN into an all-NaN image, which would come out as a
+    silently empty mask (or a crash deep in the watershed). Checked in row blocks, so a memory
+    map (rows first) is never read into memory whole; integer images cannot hold NaN and cost nothing.
+    """
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    bad = sum(int(np.count_nonzero(~np.isfinite(arr[i:i + rows]))) for i in range(0, arr.shape[0], rows))
+    if bad:
+        raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; replace them (e.g. with the background "
+                         "value) before segmenting")
+    return arr
 
 
 def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -270,7 +286,7 @@ def read_image_bytes(data: bytes, name: str) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise InputError(f"{name}: unsupported image shape {arr.shape}")
     # _drop_alpha works on stacks and names a Path; the name is only used in messages.
-    return _drop_alpha(arr.reshape(1, *arr.shape), name)[0]  # type: ignore[arg-type]
+    return check_finite(_drop_alpha(arr.reshape(1, *arr.shape), name), name)[0]  # type: ignore[arg-type]
 
 
 def open_lazy(path: str | Path):

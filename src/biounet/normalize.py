@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError, strip_alpha
+from .io import InputError, check_finite, strip_alpha
 
 MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
 PERCENTILES = (1.0, 99.8)  # the intensity window of the percentile modes (also what a bioimage.io export says)
@@ -141,7 +141,7 @@ class NormalizedView:
     """
 
     def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
-        raw = drop_alpha(raw, name)
+        raw = check_finite(drop_alpha(raw, name), name)  # one NaN would make the whole view NaN
         self.raw, self.channels, self.name = raw, channels, name
         self.offset, self.scale = norm_params(raw, mode)
         self.shape = (channels, raw.shape[0], raw.shape[1])
