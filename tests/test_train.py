@@ -3,6 +3,7 @@ import json
 from unittest.mock import patch
 
 import numpy as np
+import pytest
 import torch
 
 from biounet.checkpoint import read_history
@@ -80,6 +81,34 @@ def test_init_weights_starts_from_another_run(stack_files, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
 
 
+def test_init_weights_from_an_ensemble_starts_from_its_first_network(stack_files, tmp_path):
+    """Fine-tuning the shipped nuclei model (three networks) used to fail with a state-dict error."""
+    from safetensors.torch import load_file
+
+    from biounet import checkpoint
+    from biounet.train import build_run
+
+    shipped = checkpoint.resolve_model("dsb2018-nuclei")
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "train.init_weights=dsb2018-nuclei", "train.channels_last=false"])
+    got = build_run(cfg, None, torch.device("cpu")).model.state_dict()
+    want = {k.removeprefix("members.0."): v for k, v in load_file(str(shipped / checkpoint.WEIGHTS)).items()
+            if k.startswith("members.0.")}
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k].to(got[k].dtype)) for k in want)
+    second = load_file(str(shipped / checkpoint.WEIGHTS))["members.1.down.0.0.weight"]
+    assert not torch.equal(got["down.0.0.weight"], second.to(got["down.0.0.weight"].dtype))  # the first, not any
+
+
+def test_init_weights_of_another_shape_is_refused_by_key_before_data_is_read(tmp_path):
+    from biounet.io import InputError
+    from biounet.train import setup
+
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "train.init_weights=dsb2018-nuclei", "model.depth=3",
+                                        f"data.images={tmp_path / 'missing'}", "data.kind=folders"])
+    with pytest.raises(InputError, match=r"init_weights = dsb2018-nuclei: .*model.depth = 4 there, 3 here"):
+        setup(cfg, tmp_path / "run")
+
+
 def test_resume_with_more_epochs_continues_the_schedule_instead_of_restarting_it(stack_files, tmp_path):
     """#14: `--resume --epochs 4` on a finished 2-epoch cosine run used to climb back to the start lr."""
     cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.lr": 0.01})
@@ -118,8 +147,6 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
     img = np.random.default_rng(1).integers(0, 255, (45, 38), dtype=np.uint8)
     expected = (a.predict(img) + b.predict(img)) / 2
     assert np.abs(ab.predict(img) - expected).max() < 1e-4
-    import pytest
-
     from biounet.io import InputError
 
     # an ensemble joins as its members: (a, b) + a averages a, b and a again, each network one vote
@@ -135,8 +162,6 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
 
 
 def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):
-    import pytest
-
     from biounet.io import InputError
     from biounet.train import ensemble
 
@@ -239,8 +264,6 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
 
 
 def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_files, tmp_path):
-    import pytest
-
     from biounet.io import InputError
     from biounet.train import retune
 
@@ -262,8 +285,6 @@ def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_fi
 
 def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path):
     """The weight map only weighs the loss: a run with it and one without average like any two runs."""
-    import pytest
-
     from biounet.io import InputError
     from biounet.train import ensemble
 

@@ -155,6 +155,46 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
         raise InputError(f"{path}: weights do not match {CONFIG} ({str(exc).splitlines()[0]})") from None
 
 
+def init_source(source: str | Path, cfg: RunConfig) -> tuple[Path, RunConfig]:
+    """(folder, config) of the model ``train.init_weights`` names, checked against the run's ``cfg``.
+
+    Fine-tuning needs the same network shape (an ensemble's members count as one network);
+    a difference is named key by key, before any data is read, rather than as a state-dict error.
+    """
+    from dataclasses import fields
+
+    folder = resolve_model(source)
+    init = load_config(folder)
+    diff = [f"model.{f.name} = {getattr(init.model, f.name)!r} there, {getattr(cfg.model, f.name)!r} here"
+            for f in fields(init.model) if f.name != "members" and getattr(init.model, f.name) != getattr(cfg.model, f.name)]
+    if diff:
+        raise InputError(f"train.init_weights = {source}: its network differs from this run's ({'; '.join(diff)}); "
+                         "set those keys as there to fine-tune it")
+    return folder, init
+
+
+def load_init_weights(source: str | Path, cfg: RunConfig, module: torch.nn.Module) -> str:
+    """Load ``train.init_weights`` into the run's one network; returns what was loaded, for the log.
+
+    A shipped model or ensemble holds several networks (``members.k.``): fine-tuning starts
+    from the first, the one trained with the recipe's seed.
+    """
+    from safetensors.torch import load_file
+
+    folder, init = init_source(source, cfg)
+    if init.model.members == 1:
+        load_weights(folder, module)
+        return str(source)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{folder / WEIGHTS}: cannot read weights ({exc})") from None
+    first = {k.removeprefix("members.0."): v for k, v in state.items() if k.startswith("members.0.")}
+    ref = module.state_dict()
+    module.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in first.items()})
+    return f"{source} (the first of its {init.model.members} networks)"
+
+
 def load_module(run_dir: Path) -> tuple[RunConfig, torch.nn.Module]:
     """(config, network with its weights, in eval mode) of a run or model folder."""
     from .models.unet import build_model

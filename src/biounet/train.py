@@ -139,6 +139,8 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
 
     if cfg.model.members > 1:
         raise InputError("model.members > 1 is an ensemble of trained runs (biounet ensemble), not trained as one")
+    if cfg.train.init_weights and not resume:  # a shape mismatch fails before any data is read
+        checkpoint.init_source(cfg.train.init_weights, cfg)
     train_items, val_items, holdout_items = split_run(cfg)
     for item in val_items + holdout_items:  # a bad validation pair (size mismatch, corrupt file) fails now, not after epochs
         item.load()
@@ -168,7 +170,7 @@ def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device
     """
     model = build_model(cfg.model)
     if cfg.train.init_weights and init_weights:
-        checkpoint.load_weights(checkpoint.resolve_model(cfg.train.init_weights), model)
+        log.info("starting from the weights of %s", checkpoint.load_init_weights(cfg.train.init_weights, cfg, model))
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
