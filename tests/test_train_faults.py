@@ -58,10 +58,18 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(stack_files, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_exits_cleanly_and_says_how_to_resume(stack_files, tmp_path):
-    cfg = _config(tmp_path, stack_files, 40)
-    proc = subprocess.Popen(_train(cfg, tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(proc, tmp_path / "run" / "history.jsonl", 1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    # A suite started in the background (`nohup make test &`) runs with SIGINT ignored, which children
+    # inherit and Python then leaves alone: the run never saw the signal and finished its 40 epochs with
+    # status 0. The child gets the default disposition back, as a terminal's Ctrl-C would find it, and
+    # more epochs than can run before the signal arrives.
+    cfg = _config(tmp_path, stack_files, 100_000)
+    proc = subprocess.Popen(_train(cfg, tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        _wait_for_epochs(proc, tmp_path / "run" / "history.jsonl", 1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130
     assert "interrupted:" in err and "--resume" in err and "Traceback" not in err
