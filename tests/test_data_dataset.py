@@ -179,3 +179,23 @@ def test_data_channel_reads_that_channel_from_every_kind_of_source(tmp_path):
     (tmp_path / "im" / "a.tif").unlink()
     img, _ = items_from_config(DataConfig(**{**base.__dict__, "channel": 2}))[0].load()
     assert np.array_equal(img, rgb[..., 2])
+
+
+def test_folders_pair_images_with_masks_named_after_them(tmp_path):
+    import tifffile
+
+    from biounet.data.dataset import folder_items
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for name, mask in (("a", "a_mask"), ("b", "b"), ("c", "c_cp_masks")):
+        tifffile.imwrite(tmp_path / "img" / f"{name}.tif", np.full((8, 8), ord(name), np.uint8))
+        tifffile.imwrite(tmp_path / "lab" / f"{mask}.tif", np.full((8, 8), ord(name), np.uint16))
+    items = folder_items(tmp_path / "img", tmp_path / "lab")
+    assert [i.name for i in items] == ["a", "b", "c"]
+    for item in items:
+        image, labels = item.load()
+        assert labels.max() == image.max() == ord(item.name)  # each image got its own mask
+    tifffile.imwrite(tmp_path / "img" / "d.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match=r"d\.tif: no mask named d\.\* \(or d_mask"):
+        folder_items(tmp_path / "img", tmp_path / "lab")

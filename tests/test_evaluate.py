@@ -80,6 +80,20 @@ def test_skip_missing_scores_only_predicted_images(tmp_path):
     assert summary["unmatched_predictions"] == 1
 
 
+def test_truth_named_like_a_mask_finds_the_prediction_named_after_its_image(tmp_path):
+    truth = np.zeros((8, 8), np.uint16)
+    truth[1:4, 1:4] = 1
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "truth" / "a_mask.tif", truth)
+    tifffile.imwrite(tmp_path / "pred" / "a.tif", truth)
+    summary, rows = evaluate_paths(tmp_path / "truth", tmp_path / "pred")
+    assert summary["dsb_score"] == 1.0 and rows[0]["name"] == "a_mask"
+    assert summary["unmatched_predictions"] == 0
+    tifffile.imwrite(tmp_path / "pred" / "a_mask.tif", np.zeros_like(truth))  # an exact name wins
+    assert evaluate_paths(tmp_path / "truth", tmp_path / "pred")[0]["dsb_score"] == 0.0
+
+
 def test_cli_warns_about_skipped_and_unmatched_images(tmp_path):
     from typer.testing import CliRunner
 

@@ -128,3 +128,15 @@ def test_non_finite_pixels_are_counted_in_every_row_block_and_integers_pass(tmp_
     assert check_finite(img, "m.tif", rows=8) is img
     ints = np.zeros((4, 4), np.uint16)
     assert check_finite(ints, "u.tif") is ints
+
+
+def test_masks_are_paired_by_their_image_stem_exact_names_first(tmp_path):
+    from biounet.io import image_stem, masks_by_image_stem
+
+    assert [image_stem(s) for s in ("a_mask", "a_cp_masks", "a_masks", "b_labels", "c", "_mask")] == \
+        ["a", "a", "a", "b", "c", "_mask"]
+    p = tmp_path
+    got = masks_by_image_stem([p / "a_mask.png", p / "b.tif", p / "b_labels.tif", p / "c_seg.tif"])
+    assert got["a"] == p / "a_mask.png" and got["b"] == p / "b.tif" and got["c"] == p / "c_seg.tif"
+    with pytest.raises(InputError, match=r"d_labels\.tif: d_mask\.tif is also a mask for image 'd'"):
+        masks_by_image_stem([p / "d_mask.tif", p / "d_labels.tif"])

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .io import InputError, atomic_path, list_images, read_image, read_stack
+from .io import InputError, atomic_path, image_stem, list_images, read_image, read_stack
 
 
 def membrane_cells(pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -41,10 +41,13 @@ def evaluate_stacks(truth_path: Path, pred_path: Path) -> dict:
 
 
 def _pred_path(pred_dir: Path, name: str, skip_missing: bool) -> Path | None:
-    for suffix in (".tif", ".tiff", ".png"):
-        p = pred_dir / f"{name}{suffix}"
-        if p.is_file():
-            return p
+    """The prediction for truth ``name``: ``name.tif`` (or .tiff/.png), or that of the image a truth file
+    like ``a_mask`` is named after (``a.tif``, as ``predict`` names it)."""
+    for stem in dict.fromkeys((name, image_stem(name))):
+        for suffix in (".tif", ".tiff", ".png"):
+            p = pred_dir / f"{stem}{suffix}"
+            if p.is_file():
+                return p
     if skip_missing:
         return None
     raise InputError(f"{pred_dir}: no prediction for '{name}' (expected {name}.tif; --skip-missing scores the rest)")
@@ -116,7 +119,7 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
     predicted = {p.stem for p in pred.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")
                  and not p.stem.endswith("_overlay")}
     summary["skipped_missing"] = len(skipped)
-    summary["unmatched_predictions"] = len(predicted - set(scored))
+    summary["unmatched_predictions"] = len(predicted - set(scored) - {image_stem(n) for n in scored})
     return summary, rows
 
 

@@ -165,6 +165,33 @@ def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
+# how mask files are commonly named after their image (``a.png`` -> ``a_mask.png``; Cellpose: ``a_cp_masks.png``)
+MASK_SUFFIXES = ("_mask", "_masks", "_label", "_labels", "_seg", "_gt", "_cp_masks")
+
+
+def image_stem(mask_stem: str) -> str:
+    """The image stem a mask file is named after: ``a_mask`` -> ``a``; other stems as they are."""
+    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):  # "_cp_masks" before "_masks"
+        if mask_stem.endswith(suffix) and len(mask_stem) > len(suffix):
+            return mask_stem[: -len(suffix)]
+    return mask_stem
+
+
+def masks_by_image_stem(masks: list[Path]) -> dict[str, Path]:
+    """Mask files keyed by the stem of the image each belongs to: its own stem, or that stem less one of
+    :data:`MASK_SUFFIXES`. An exact name wins; two suffixed masks for one image are refused, naming both."""
+    exact = {p.stem: p for p in masks}
+    out: dict[str, Path] = {}
+    for p in masks:
+        stem = image_stem(p.stem)
+        if stem == p.stem or stem in exact:
+            continue
+        if stem in out:
+            raise InputError(f"{p}: {out[stem].name} is also a mask for image '{stem}'; keep one")
+        out[stem] = p
+    return {**out, **exact}
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Sorted image files directly in ``folder``; an empty folder is an error."""
     folder = Path(folder)

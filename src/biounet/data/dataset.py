@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, RunConfig
-from ..io import InputError, list_images, pick_channel, read_image, read_stack
+from ..io import InputError, list_images, masks_by_image_stem, pick_channel, read_image, read_stack
 from ..labels import check_labels
 from ..normalize import network_input
 
@@ -108,13 +108,14 @@ def stack_items(images: str | Path, labels: str | Path, channel: int | None = No
 
 
 def folder_items(images: str | Path, masks: str | Path) -> list[Item]:
-    """Images paired with masks of the same stem in another folder."""
+    """Images paired with the masks in another folder named after them: the same stem, or the stem plus
+    a common mask suffix (``a.png`` with ``a.png``, ``a_mask.png``, ``a_labels.tif``, ...)."""
     imgs = list_images(images)
-    by_stem = {p.stem: p for p in list_images(masks)}
+    by_stem = masks_by_image_stem(list_images(masks))
     items = []
     for p in imgs:
         if p.stem not in by_stem:
-            raise InputError(f"{p}: no mask named {p.stem}.* in {masks}")
+            raise InputError(f"{p}: no mask named {p.stem}.* (or {p.stem}_mask.*, {p.stem}_labels.*, ...) in {masks}")
         items.append(Item(p.stem, "file", str(p), str(by_stem[p.stem])))
     return items
 
