@@ -1,11 +1,41 @@
-"""Shared bits of the accuracy benchmarks: training time from a run's history, markdown tables, modality names."""
+"""Shared bits of the accuracy benchmarks: a run's validation/held-out split, training time from its
+history, markdown tables, modality names."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 # biounet.data.dataset.modality's names, as the DSB tables print them
 MODALITY_NAMES = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour / H&E"}
+
+
+@dataclass
+class Split:
+    """A model, its task on the benchmark's data, every image of that data, and the run's two unseen parts."""
+
+    seg: Any  # biounet.predict.Segmenter
+    task: Any  # biounet.tasks.Task
+    items: list  # biounet.data.dataset.Item, all of them: pick parts with items_named
+    validation: list[str]  # image names the run tuned on
+    held_out: list[str]  # image names it never saw, scored once
+
+
+def held_out_split(model: str, data: str) -> Split:
+    """:class:`Split` of a shipped model or run folder on ``data``; exits if the run held no images out."""
+    from biounet.checkpoint import resolve_model, unseen_images, validation_names
+    from biounet.data.dataset import items_from_config
+    from biounet.predict import load_model
+    from biounet.tasks import apply_overrides, get_task
+
+    seg = load_model(model)
+    task = get_task(apply_overrides(seg.config, [f"data.images={data}"]))
+    run = resolve_model(model)
+    split, held = unseen_images(run)
+    if split != "holdout":
+        raise SystemExit(f"{model}: the run recorded no held-out images (train with data.holdout_fraction)")
+    return Split(seg, task, items_from_config(task.cfg.data), validation_names(run), held)
 
 
 def training_minutes(model_dir: Path) -> tuple[int, float]:

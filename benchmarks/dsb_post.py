@@ -44,26 +44,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
-    from _report import MODALITY_NAMES, markdown_table
-    from biounet.checkpoint import resolve_model, unseen_images, validation_names
-    from biounet.data.dataset import items_from_config, items_named, modality
+    from _report import MODALITY_NAMES, held_out_split, markdown_table
+    from biounet.data.dataset import items_named, modality
     from biounet.metrics.instance import evaluate_instances
-    from biounet.predict import load_model
-    from biounet.tasks import apply_overrides, get_task
     from biounet.train import predict_items, tune_post
 
-    seg = load_model(args.model)
-    cfg = apply_overrides(seg.config, [f"data.images={args.data}"])
-    task = get_task(cfg)
-    run = resolve_model(args.model)
-    split, held_names = unseen_images(run)
-    if split != "holdout":
-        raise SystemExit(f"{args.model}: the run recorded no held-out images (train with data.holdout_fraction)")
-    items = items_from_config(cfg.data)
+    sp = held_out_split(args.model, args.data)
+    seg, task = sp.seg, sp.task
     t0 = time.perf_counter()
-    val = predict_items(seg, items_named(items, validation_names(run)))
+    val = predict_items(seg, items_named(sp.items, sp.validation))
     held, kinds = [], {}
-    for item in items_named(items, held_names):  # as predict_items, keeping each image's modality
+    for item in items_named(sp.items, sp.held_out):  # as predict_items, keeping each image's modality
         img, lab = item.load()
         kinds[item.name] = MODALITY_NAMES[modality(img)]
         held.append((item.name, seg.predict_prepared(seg.view(img, item.name)), lab))

@@ -40,25 +40,17 @@ def main() -> None:
     args = ap.parse_args()
     factors = sorted(set(args.factors) | {1.0})
 
-    from _report import MODALITY_NAMES, markdown_table
-    from biounet.checkpoint import resolve_model, unseen_images, validation_names
-    from biounet.data.dataset import items_from_config, items_named, modality
-    from biounet.predict import load_model
-    from biounet.tasks import apply_overrides, get_task
+    from _report import MODALITY_NAMES, held_out_split, markdown_table
+    from biounet.data.dataset import items_named, modality
     from biounet.train import median_diameter
 
-    seg = load_model(args.model)
+    sp = held_out_split(args.model, args.data)
+    seg, task, items = sp.seg, sp.task, sp.items
     if not seg.train_diameter:
         raise SystemExit(f"{args.model}: records no object diameter")
-    task = get_task(apply_overrides(seg.config, [f"data.images={args.data}"]))
-    run = resolve_model(args.model)
-    split, held_names = unseen_images(run)
-    if split != "holdout":
-        raise SystemExit(f"{args.model}: the run recorded no held-out images (train with data.holdout_fraction)")
-    items = items_from_config(task.cfg.data)
     records = []
     t0 = time.perf_counter()
-    for part, names in (("validation", validation_names(run)), ("held-out", held_names)):
+    for part, names in (("validation", sp.validation), ("held-out", sp.held_out)):
         for item in items_named(items, names):
             img, lab = item.load()
             rec = {"split": part, "name": item.name, "modality": MODALITY_NAMES[modality(img)], "score": {}}

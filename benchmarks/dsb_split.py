@@ -38,22 +38,14 @@ def cached_predictions(model: str, data: str, cache: Path | None) -> dict:
                 out[part].append((str(z[f"{part}_{i}_name"]), z[f"{part}_{i}_p"], z[f"{part}_{i}_t"],
                                   str(z[f"{part}_{i}_kind"])))
         return out
-    from _report import MODALITY_NAMES
-    from biounet.checkpoint import resolve_model, unseen_images, validation_names
-    from biounet.data.dataset import items_from_config, items_named, modality
-    from biounet.predict import load_model
-    from biounet.tasks import apply_overrides
+    from _report import MODALITY_NAMES, held_out_split
+    from biounet.data.dataset import items_named, modality
 
-    seg = load_model(model)
-    cfg = apply_overrides(seg.config, [f"data.images={data}"])
-    run = resolve_model(model)
-    split, held_names = unseen_images(run)
-    if split != "holdout":
-        raise SystemExit(f"{model}: the run recorded no held-out images (train with data.holdout_fraction)")
-    items = items_from_config(cfg.data)
+    sp = held_out_split(model, data)
+    seg = sp.seg
     out = {"val": [], "held": []}
-    for part, names in (("val", validation_names(run)), ("held", held_names)):
-        for item in items_named(items, names):
+    for part, names in (("val", sp.validation), ("held", sp.held_out)):
+        for item in items_named(sp.items, names):
             img, lab = item.load()
             p = seg.predict_prepared(seg.view(img, item.name)).astype(np.float32)
             out[part].append((item.name, p, lab.astype(np.int32), MODALITY_NAMES[modality(img)]))
@@ -187,6 +179,8 @@ def main() -> None:
     print(f"candidates: {sum(len(r[4]) for r in val)} on validation, {sum(len(r[4]) for r in held)} held-out "
           f"({time.perf_counter() - t0:.0f} s)")
 
+    if not any(r[4] for r in val):
+        raise SystemExit(f"{args.model}: no object on the validation images has a split to propose; nothing to fit")
     x = np.array([c["features"] for r in val for c in r[4]], dtype=np.float64)
     g = np.concatenate([r[5] for r in val])
     mu, sd = x.mean(0), x.std(0) + 1e-9

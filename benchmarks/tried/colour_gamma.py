@@ -28,22 +28,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from biounet.checkpoint import resolve_model, unseen_images, validation_names
-    from biounet.data.dataset import items_from_config, items_named, modality
-    from biounet.predict import load_model
-    from biounet.tasks import apply_overrides, get_task
+    from _report import held_out_split
+    from biounet.data.dataset import items_named, modality
 
-    seg = load_model(args.model)
-    cfg = apply_overrides(seg.config, [f"data.images={args.data}"])
-    task = get_task(cfg)
-    run = resolve_model(args.model)
-    _, held_names = unseen_images(run)
-    items = items_from_config(cfg.data)
+    sp = held_out_split(args.model, args.data)
+    seg, task = sp.seg, sp.task
     gammas = [float(g) for g in args.gammas.split(",")]
 
     def scores(names):
         out = {g: [] for g in gammas}
-        for item in items_named(items, names):
+        for item in items_named(sp.items, names):
             img, lab = item.load()
             if modality(img) != "colour":
                 continue
@@ -54,8 +48,8 @@ def main() -> None:
                 out[g].append(task.image_score(lab, task.segment(prob, seg.post)))
         return {g: float(np.mean(v)) for g, v in out.items()}, len(out[gammas[0]])
 
-    val, n_val = scores(validation_names(run))
-    held, n_held = scores(held_names)
+    val, n_val = scores(sp.validation)
+    held, n_held = scores(sp.held_out)
     best = max(gammas, key=lambda g: val[g])
     print(f"colour images: {n_val} validation, {n_held} held-out; gamma chosen on validation: {best}")
     print("| gamma | validation DSB | held-out DSB |\n|---|---|---|")

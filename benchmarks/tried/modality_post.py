@@ -29,30 +29,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from _report import MODALITY_NAMES, markdown_table
-    from biounet.checkpoint import resolve_model, unseen_images, validation_names
-    from biounet.data.dataset import items_from_config, items_named, modality
-    from biounet.predict import load_model
-    from biounet.tasks import apply_overrides, get_task
+    from _report import MODALITY_NAMES, held_out_split, markdown_table
+    from biounet.data.dataset import items_named, modality
     from biounet.train import tune_post
 
-    seg = load_model(args.model)
-    cfg = apply_overrides(seg.config, [f"data.images={args.data}"])
-    task = get_task(cfg)
-    run = resolve_model(args.model)
-    split, held_names = unseen_images(run)
-    if split != "holdout":
-        raise SystemExit(f"{args.model}: the run recorded no held-out images")
-    items = items_from_config(cfg.data)
+    sp = held_out_split(args.model, args.data)
+    seg, task = sp.seg, sp.task
 
     def predict(names):
         out = []
-        for item in items_named(items, names):
+        for item in items_named(sp.items, names):
             img, lab = item.load()
             out.append((item.name, seg.predict_prepared(seg.view(img, item.name)), lab, modality(img)))
         return out
 
-    val, held = predict(validation_names(run)), predict(held_names)
+    val, held = predict(sp.validation), predict(sp.held_out)
     kinds = sorted({k for *_, k in val + held})
     overall, _ = tune_post(task, [(n, p, lab) for n, p, lab, _ in val], seg.post)
     per = {}
