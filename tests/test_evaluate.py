@@ -94,6 +94,14 @@ def test_truth_named_like_a_mask_finds_the_prediction_named_after_its_image(tmp_
     assert evaluate_paths(tmp_path / "truth", tmp_path / "pred")[0]["dsb_score"] == 0.0
 
 
+def test_skip_missing_with_no_match_at_all_says_what_was_looked_for(tmp_path):
+    _two_truths_one_prediction(tmp_path)
+    (tmp_path / "pred" / "a.tif").rename(tmp_path / "pred" / "other.tif")
+    with pytest.raises(InputError, match=r"pred: no prediction named after any of the 2 truth image\(s\) in .*stage "
+                                         r"\(e\.g\. a\.tif\)"):
+        evaluate_paths(tmp_path / "stage", tmp_path / "pred", skip_missing=True)
+
+
 def test_cli_warns_about_skipped_and_unmatched_images(tmp_path):
     from typer.testing import CliRunner
 

@@ -115,6 +115,9 @@ def evaluate_paths(truth: Path, pred: Path, skip_missing: bool = False) -> tuple
     except InputError:
         raise  # already names its file
     except ValueError as exc:  # no pairs, float or negative labels: the user's files, so name them
+        if not scored and skipped:
+            raise InputError(f"{pred}: no prediction named after any of the {len(skipped)} truth image(s) in "
+                             f"{truth} (e.g. {skipped[0]}.tif)") from None
         raise InputError(f"{pred}: {exc}") from None
     predicted = {p.stem for p in pred.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")
                  and not p.stem.endswith("_overlay")}
