@@ -55,6 +55,17 @@ def test_an_image_without_objects_is_a_warning(tmp_path):
     assert res.exit_code == 0 and "warning: i2: no object in its labels" in res.output
 
 
+def test_masks_that_no_image_takes_are_a_warning_naming_them(tmp_path):
+    imgs, masks = folders(tmp_path)
+    (imgs / "i2.png").rename(imgs / "i2 copy.png")  # a renamed image leaves its mask behind ...
+    (masks / "i2 copy.png").write_bytes((masks / "i2.png").read_bytes())  # ... and this copy pairs with it
+    res = run(imgs, masks)
+    assert res.exit_code == 0, res.output
+    assert f"warning: {masks}: 1 mask(s) match no image and are not used: i2.png" in res.output
+    (masks / "i2.png").unlink()
+    assert "0 warning(s)" in run(imgs, masks).output
+
+
 def test_unknown_data_kind_is_one_line(tmp_path):
     res = runner.invoke(app, ["check-data", str(tmp_path)])
     assert res.exit_code == 2 and "give --kind" in res.output

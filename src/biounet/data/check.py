@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, list_images
 from .dataset import Item, modality
 
 
@@ -52,6 +53,7 @@ def check_items(items: list[Item]) -> CheckReport:
     report = CheckReport(n_items=len(items))
     names = Counter(it.name for it in items)
     report.errors += [f"{name}: {n} images share this name" for name, n in names.items() if n > 1]
+    report.warnings += unused_masks(items)
     stats: dict[str, dict] = {}
     handler = _Collect(report)
     logger = logging.getLogger("biounet.data")
@@ -89,6 +91,18 @@ def check_items(items: list[Item]) -> CheckReport:
             "foreground share": float(np.mean(s["foreground"])),
         }
     return report
+
+
+def unused_masks(items: list[Item]) -> list[str]:
+    """A warning per mask folder holding masks that no image was paired with (a misnamed image, most often)."""
+    used = {Path(it.labels) for it in items if it.kind == "file"}
+    out = []
+    for folder in sorted({p.parent for p in used}):
+        extra = [p.name for p in list_images(folder) if p not in used]
+        if extra:
+            out.append(f"{folder}: {len(extra)} mask(s) match no image and are not used: "
+                       f"{', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}")
+    return out
 
 
 def format_report(report: CheckReport) -> str:
