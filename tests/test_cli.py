@@ -72,6 +72,19 @@ def test_predict_channel_of_a_multichannel_tiff_equals_that_channel_alone(tiny_r
     assert got.shape == (1, 64, 64) and np.array_equal(got, alone)
 
 
+@pytest.mark.parametrize("flag", [[], ["--overwrite"], ["--skip-existing"]])
+def test_an_output_that_would_replace_its_input_is_refused_whatever_the_flags(tiny_run, tmp_path, flag):
+    """Regression: `predict -o imgs --overwrite imgs/` replaced each input TIFF with its labels."""
+    (tmp_path / "imgs").mkdir()
+    img = tmp_path / "imgs" / "a.tif"
+    tifffile.imwrite(img, np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8))
+    before = img.read_bytes()
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "imgs" / "."), *flag,
+                              str(tmp_path / "imgs")])
+    assert res.exit_code == 2 and "a.tif: the output would replace this input image" in res.output, res.output
+    assert img.read_bytes() == before
+
+
 def test_a_bad_file_does_not_stop_the_batch_and_outputs_are_checked_first(tiny_run, tmp_path):
     """#14: bad files are listed at the end; clashing names, an --out file and existing outputs are refused."""
     (tmp_path / "a").mkdir()

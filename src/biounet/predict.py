@@ -345,9 +345,10 @@ def output_path(path: Path, out_dir: Path) -> Path:
 def check_outputs(files: list[Path], out_dir: Path, overwrite: bool = False, skip_existing: bool = False) -> list[Path]:
     """The inputs to predict, after checking their outputs can be written; one-line errors otherwise.
 
-    Runs before any model does: two inputs with one output name, an ``out_dir``
-    that is a file or not writable, and outputs that exist (unless
-    ``overwrite``, or ``skip_existing`` which drops those inputs) are refused.
+    Runs before any model does: two inputs with one output name, an output that is
+    one of the inputs (even with ``overwrite``), an ``out_dir`` that is a file or not
+    writable, and outputs that exist (unless ``overwrite``, or ``skip_existing``
+    which drops those inputs) are refused.
     """
     import os
 
@@ -360,6 +361,10 @@ def check_outputs(files: list[Path], out_dir: Path, overwrite: bool = False, ski
         seen[dest] = f
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: --out is an existing file; give a folder")
+    inputs = {f.resolve() for f in files}
+    clash = next((f for f in seen if f.resolve() in inputs), None)
+    if clash is not None:  # --overwrite must never destroy what is being segmented
+        raise InputError(f"{clash}: the output would replace this input image; choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
