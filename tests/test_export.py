@@ -175,5 +175,11 @@ def test_export_refuses_unknown_formats_and_models(tmp_path):
     with pytest.raises(InputError, match="--format must be one of onnx, torchscript, bioimageio"):
         export_model("dsb2018-nuclei", "tflite", tmp_path / "x")
     with pytest.raises(InputError, match="not a model folder"):
-        export_model(tmp_path / "nothing", "onnx", tmp_path / "x")
-    assert not list(tmp_path.iterdir())
+        export_model(tmp_path / "nothing", "onnx", tmp_path / "x.onnx")
+    image = tmp_path / "a.tif"  # a wrong suffix is refused even with overwrite: it is most likely another file
+    image.write_bytes(b"image")
+    with pytest.raises(InputError, match=r"a\.tif: --format onnx writes a file ending in \.onnx"):
+        export_model("dsb2018-nuclei", "onnx", image, overwrite=True)
+    with pytest.raises(InputError, match=r"m\.onnx: --format torchscript writes a file ending in \.pt or \.pth or \.ts"):
+        export_model("dsb2018-nuclei", "torchscript", tmp_path / "m.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tif"] and image.read_bytes() == b"image"

@@ -311,6 +311,9 @@ def export_model(model: str | Path, fmt: str, out: str | Path, overwrite: bool =
     if fmt not in MODEL_FORMATS:
         raise InputError(f"--format must be one of {', '.join(MODEL_FORMATS)}, got {fmt!r}")
     out = Path(out)
+    suffixes = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}.get(fmt)
+    if suffixes and out.suffix.lower() not in suffixes:  # e.g. an image path given by mistake, with --overwrite
+        raise InputError(f"{out}: --format {fmt} writes a file ending in {' or '.join(suffixes)}")
     check_out(out, overwrite)
     if fmt == "bioimageio":
         from .zoo import export_bioimageio
