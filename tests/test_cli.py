@@ -160,6 +160,10 @@ def test_submit_writes_kaggle_csv(tmp_path):
     res = runner.invoke(app, ["submit", "--out", str(tmp_path / "sub.csv"), str(tmp_path / "lab")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "sub.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "img1,1 1 5 1 9 1"]
+    before = (tmp_path / "lab" / "img1.tif").read_bytes()  # an --out naming an input label image is refused
+    res = runner.invoke(app, ["submit", "--out", str(tmp_path / "lab" / "img1.tif"), str(tmp_path / "lab")])
+    assert res.exit_code == 2 and "img1.tif: the submission is a CSV" in res.output
+    assert (tmp_path / "lab" / "img1.tif").read_bytes() == before
 
 
 def test_train_rejects_bad_override(tmp_path):

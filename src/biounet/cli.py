@@ -409,6 +409,8 @@ def submit(
     from .export import write_submission
     from .io import list_images, read_image
 
+    if out.suffix.lower() != ".csv":  # an image path here would be replaced by the CSV
+        _fail(f"{out}: the submission is a CSV; give a path ending in .csv")
     files = [p for p in _run(list_images, labels) if not p.stem.endswith("_overlay")]  # predict --overlays pictures
     if not files:
         _fail(f"{labels}: no label images (only *_overlay pictures)")
