@@ -162,8 +162,24 @@ def test_submit_writes_kaggle_csv(tmp_path):
     assert (tmp_path / "sub.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "img1,1 1 5 1 9 1"]
     before = (tmp_path / "lab" / "img1.tif").read_bytes()  # an --out naming an input label image is refused
     res = runner.invoke(app, ["submit", "--out", str(tmp_path / "lab" / "img1.tif"), str(tmp_path / "lab")])
-    assert res.exit_code == 2 and "img1.tif: the submission is a CSV" in res.output
+    assert res.exit_code == 2 and "img1.tif: --out writes a CSV file; give a path ending in .csv" in res.output
     assert (tmp_path / "lab" / "img1.tif").read_bytes() == before
+
+
+@pytest.mark.parametrize("option, suffix", [("--json", ".json"), ("--per-image", ".csv"), ("--report", ".html")])
+def test_evaluate_refuses_a_report_path_of_another_kind_before_scoring(tmp_path, option, suffix):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "p").mkdir()
+    labels = np.zeros((4, 3), np.uint16)
+    labels[0] = 1
+    for d in ("t", "p"):
+        tifffile.imwrite(tmp_path / d / "a.tif", labels)
+    before = (tmp_path / "p" / "a.tif").read_bytes()
+    res = runner.invoke(app, ["evaluate", "--truth", str(tmp_path / "t"), "--pred", str(tmp_path / "p"),
+                              option, str(tmp_path / "p" / "a.tif")])
+    assert res.exit_code == 2 and f"a.tif: {option} writes a" in res.output and f"ending in {suffix}" in res.output
+    assert (tmp_path / "p" / "a.tif").read_bytes() == before
+    assert "dsb_score" not in res.output  # refused before scoring
 
 
 def test_train_rejects_bad_override(tmp_path):

@@ -333,6 +333,12 @@ def retune(
     typer.echo(f"done: {model}  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
 
 
+def _check_suffix(path: Optional[Path], suffix: str, option: str) -> None:
+    """Refuse a report path of another kind: a mistyped ``--json labels/a.tif`` would replace that image."""
+    if path is not None and path.suffix.lower() != suffix:
+        _fail(f"{path}: {option} writes a {suffix[1:].upper()} file; give a path ending in {suffix}")
+
+
 @app.command()
 def evaluate(
     truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, or folder of label images."),
@@ -345,6 +351,9 @@ def evaluate(
 ) -> None:
     """Score predictions against truth; needs no model (files in, numbers out)."""
     _setup_logging(False)
+    for path, suffix, option in ((json_out, ".json", "--json"), (per_image, ".csv", "--per-image"),
+                                 (report, ".html", "--report")):
+        _check_suffix(path, suffix, option)
     from .evaluate import evaluate_paths, format_table
 
     summary, rows = _run(evaluate_paths, truth, pred, skip_missing)
@@ -409,8 +418,7 @@ def submit(
     from .export import write_submission
     from .io import list_images, read_image
 
-    if out.suffix.lower() != ".csv":  # an image path here would be replaced by the CSV
-        _fail(f"{out}: the submission is a CSV; give a path ending in .csv")
+    _check_suffix(out, ".csv", "--out")
     files = [p for p in _run(list_images, labels) if not p.stem.endswith("_overlay")]  # predict --overlays pictures
     if not files:
         _fail(f"{labels}: no label images (only *_overlay pictures)")
