@@ -342,8 +342,11 @@ def test_ensemble_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     res = runner.invoke(app, ["ensemble", str(tiny_run), str(tmp_path / "nope"), "-o", str(tmp_path / "e")])
     assert res.exit_code == 2 and "nope: not a model folder" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "e").exists()  # nothing written before the inputs are checked
-    res = runner.invoke(app, ["ensemble", str(tiny_run), str(tiny_run), "-o", str(tiny_run)])
-    assert res.exit_code != 0 and "already holds a model" in res.output
+    before = (tiny_run / "model.safetensors").read_bytes()
+    for extra in ([], ["--overwrite"]):  # --overwrite must not replace a member with the ensemble
+        res = runner.invoke(app, ["ensemble", str(tiny_run), str(tiny_run), "-o", str(tiny_run), *extra])
+        assert res.exit_code == 2 and "is one of the runs being averaged" in res.output
+    assert (tiny_run / "model.safetensors").read_bytes() == before
 
 
 def test_retune_stores_fresh_thresholds_and_refuses_a_missing_model(tiny_run, tmp_path):

@@ -311,6 +311,8 @@ def ensemble(
     """Average the probabilities of runs trained on the same split (each network one vote); tune thresholds
     on their validation images and score their held-out ones, as training does."""
     _setup_logging(True)
+    if any(Path(r).resolve() == out.resolve() for r in runs):  # --overwrite must not destroy a member
+        _fail(f"{out}: is one of the runs being averaged; write the ensemble to another --out")
     if not overwrite and (out / "config.json").exists():
         _fail(f"{out}: already holds a model; --overwrite replaces it")
     from .train import ensemble as make_ensemble
