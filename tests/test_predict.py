@@ -144,6 +144,22 @@ def test_nan_pixels_are_refused_in_memory_and_when_streamed(tmp_path, monkeypatc
     assert not list(tmp_path.glob("o/*.tif"))
 
 
+def test_devices_this_torch_cannot_use_are_one_line_errors():
+    assert P.check_device("cpu") == "cpu"
+    for name in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(biounet.io.InputError, match=f"--device {name}: not"):
+            P.check_device(name)
+    if not torch.cuda.is_available():  # this project's machines: the CPU wheel
+        with pytest.raises(biounet.io.InputError, match="--device cuda: this torch .* sees no CUDA GPU"):
+            P.check_device("cuda")
+    else:
+        with pytest.raises(biounet.io.InputError, match="CUDA device"):
+            P.check_device(f"cuda:{torch.cuda.device_count()}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(biounet.io.InputError, match="no Apple GPU"):
+            P.check_device("mps")
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

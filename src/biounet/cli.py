@@ -127,7 +127,8 @@ def predict(
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
     from .io import InputError
-    from .predict import OutputOptions, PredictOptions, check_outputs, expand_inputs, load_model, predict_file
+    from .predict import (OutputOptions, PredictOptions, check_device, check_outputs, expand_inputs, load_model,
+                          predict_file)
 
     if outlines is not None and outlines not in ("imagej", "geojson"):
         _fail(f"--outlines must be imagej or geojson, got {outlines!r}")
@@ -140,6 +141,7 @@ def predict(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and world > 1 and ":" not in device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+    device = _run(check_device, device)
     options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
                    diameter=diameter, progress=verbose or len(files) == 1, fast=fast, backend=backend,
                    compile=compile_)

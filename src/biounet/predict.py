@@ -294,6 +294,23 @@ def _activate(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+def check_device(device: str) -> str:
+    """``device`` if this torch can run on it; else a one-line error saying why (not torch's traceback)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device name (auto, cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: this torch ({torch.__version__}) has no Apple GPU (MPS); use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device}: not supported by biounet (auto, cpu, cuda, cuda:1, mps)")
+    return device
+
+
 def load_model(name_or_path: str | Path, device: str = "cpu", options: PredictOptions | None = None) -> Segmenter:
     """Load a shipped model by name or a run/model folder; no flags needed."""
     folder = checkpoint.resolve_model(name_or_path)
