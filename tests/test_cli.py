@@ -182,6 +182,16 @@ def test_evaluate_refuses_a_report_path_of_another_kind_before_scoring(tmp_path,
     assert "dsb_score" not in res.output  # refused before scoring
 
 
+def test_train_explains_a_folder_without_labels_and_a_resume_without_a_run(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    tifffile.imwrite(tmp_path / "imgs" / "a.tif", np.zeros((16, 16), np.uint8))
+    res = runner.invoke(app, ["train", "--task", "nuclei", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "imgs: a folder of images needs --labels" in res.output
+    res = runner.invoke(app, ["train", "-o", str(tmp_path / "r"), "--resume"])
+    assert res.exit_code == 2 and "r: no run to resume here (no config.json)" in res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_train_rejects_bad_override(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\nepochs = 1\n")

@@ -260,6 +260,8 @@ def train(
     from . import checkpoint
     from .tasks import apply_overrides, build_config, load_config
 
+    if resume and not (out / "config.json").exists():
+        _fail(f"{out}: no run to resume here (no config.json); drop --resume to start one")
     if resume:
         cfg = _run(checkpoint.load_config, out)
     elif config is not None:
@@ -286,6 +288,9 @@ def train(
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     cfg = _run(apply_overrides, cfg, overrides)
+    if data is not None and Path(data).is_dir() and not cfg.data.labels and cfg.data.kind not in ("dsb", "coco"):
+        _fail(f"{data}: a folder of images needs --labels, a folder of masks named after them "
+              "(or give a DSB folder: <id>/images/<id>.png with <id>/masks/*.png)")
     from .train import train as run_training
 
     try:
