@@ -129,6 +129,19 @@ def test_a_streamed_rgb_image_predicts_one_plane_with_channel(tmp_path, monkeypa
         P.predict_file(seg, tmp_path / "rgb.tif", tmp_path / "c", opts, channel=3)
 
 
+def test_the_python_api_takes_torch_tensors_and_lists_as_it_takes_arrays():
+    seg = make_segmenter(base_features=4, depth=2)
+    img = np.random.default_rng(7).integers(0, 255, (40, 36)).astype(np.float32)
+    want = seg.predict(img)
+    assert np.array_equal(seg.predict(torch.from_numpy(img)), want)
+    assert np.array_equal(seg.predict(img.tolist()), want)
+    try:
+        import dask.array as da  # napari's lazy layers; installed with the napari extra
+    except ImportError:
+        return
+    assert np.array_equal(seg.predict(da.from_array(img, chunks=16)), want)
+
+
 def test_nan_pixels_are_refused_in_memory_and_when_streamed(tmp_path, monkeypatch):
     """Regression: one NaN made the normalised image all NaN, so a float image came out empty
     (membranes) or crashed in the watershed (nuclei); now it is refused, naming the image."""

@@ -132,6 +132,16 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
     return image
 
 
+def array_like(raw: Any) -> Any:
+    """``raw`` if it slices like a numpy array (ndarray, memory map, zarr or dask array: read lazily, window
+    by window), else as a numpy array: a torch tensor (moved to the CPU) or nested lists from the Python API."""
+    if isinstance(getattr(raw, "dtype", None), np.dtype) and hasattr(raw, "shape"):
+        return raw
+    if hasattr(raw, "detach"):  # a torch tensor, without importing torch here
+        return raw.detach().cpu().numpy()
+    return np.asarray(raw)
+
+
 class NormalizedView:
     """A raw (H, W[, C]) image seen as :func:`network_input` in (C, H, W) layout, computed per window.
 
@@ -141,7 +151,7 @@ class NormalizedView:
     """
 
     def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
-        raw = check_finite(drop_alpha(raw, name), name)  # one NaN would make the whole view NaN
+        raw = check_finite(drop_alpha(array_like(raw), name), name)  # one NaN would make the whole view NaN
         self.raw, self.channels, self.name = raw, channels, name
         self.offset, self.scale = norm_params(raw, mode)
         self.shape = (channels, raw.shape[0], raw.shape[1])
