@@ -151,3 +151,14 @@ def test_bad_files(tmp_path) -> None:
     path = _write_coco(tmp_path / "ann.json", [{"id": 3, "image_id": 99, "segmentation": []}])
     with pytest.raises(InputError, match="unknown image id 99"):
         load_coco(path)
+
+
+def test_a_missing_image_says_where_file_names_are_looked_up(tmp_path) -> None:
+    (tmp_path / "imgs").mkdir()
+    write_image(tmp_path / "imgs" / "a.png", np.zeros((H, W), np.uint8))
+    path = _write_coco(tmp_path / "ann.json", [{"id": 1, "image_id": 1, "segmentation": [[5, 1, 8, 1, 8, 3, 5, 3]]}])
+    item, = load_coco(path)  # a.png beside the JSON: not there
+    with pytest.raises(InputError, match=r"a\.png: no such file \(a COCO file_name is looked up beside the JSON"):
+        load_coco_image(item)
+    item, = load_coco(path, tmp_path / "imgs")  # the image folder named: found
+    assert load_coco_image(item).shape == (H, W)

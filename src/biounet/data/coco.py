@@ -145,6 +145,9 @@ def coco_labels(item: CocoItem) -> np.ndarray:
 
 def load_coco_image(item: CocoItem) -> np.ndarray:
     """The image file of ``item`` as :func:`biounet.io.read_image` returns it."""
+    if not Path(item.image_path).exists():  # the usual cause: images kept in a folder of their own
+        raise InputError(f"{item.image_path}: no such file (a COCO file_name is looked up beside the JSON "
+                         "unless --labels (data.labels) names the image folder)")
     return read_image(item.image_path)
 
 
