@@ -173,6 +173,18 @@ def test_devices_this_torch_cannot_use_are_one_line_errors():
             P.check_device("mps")
 
 
+def test_a_quoted_pattern_expands_to_the_images_it_matches(tmp_path):
+    """`predict "imgs/*.png"` (quoted, or on Windows, where no shell expands it)."""
+    for name in ("b.png", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.tif").write_bytes(b"x")
+    assert P.expand_inputs([str(tmp_path / "*.png")]) == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert P.expand_inputs([str(tmp_path / "**" / "*.*")]) == [tmp_path / n for n in ("a.png", "b.png", "sub/c.tif")]
+    with pytest.raises(biounet.io.InputError, match=r"\*\.jpg: the pattern matches no image file"):
+        P.expand_inputs([str(tmp_path / "*.jpg")])
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

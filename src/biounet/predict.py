@@ -334,13 +334,22 @@ class OutputOptions:
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files stay; folders expand to their images (DSB ``<id>/images/<id>.png`` too)."""
+    """Files stay; folders expand to their images (DSB ``<id>/images/<id>.png`` too); a pattern that no
+    shell expanded (``"imgs/*.png"`` quoted, or on Windows) expands to the images it matches."""
+    import glob
+
     from .io import IMAGE_SUFFIXES, list_images
 
     files: list[Path] = []
     for raw in inputs:
         p = Path(raw)
-        if p.is_dir():
+        if not p.exists() and any(c in str(raw) for c in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            images = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise InputError(f"{raw}: the pattern matches no image file")
+            files.extend(images)
+        elif p.is_dir():
             dsb = sorted(p.glob("*/images/*.png"))
             files.extend(dsb if dsb else list_images(p))
         elif p.is_file():
