@@ -72,6 +72,14 @@ def test_sgd_and_binary_target(stack_files, tmp_path):
     assert "tuned_dice" in result
 
 
+def test_a_run_without_validation_images_says_what_it_keeps(stack_files, tmp_path, caplog):
+    cfg = tiny_config(*stack_files, **{"train.epochs": 1, "data.val_indices": "[]", "data.val_fraction": 0})
+    with caplog.at_level("WARNING", logger="biounet.train"):
+        assert train(cfg, tmp_path / "run", progress=False) == {}
+    assert "no validation images: the last epoch's weights are kept" in caplog.text
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
 def test_init_weights_starts_from_another_run(stack_files, tmp_path):
     first = tiny_config(*stack_files, **{"train.epochs": 1})
     train(first, tmp_path / "a", progress=False)

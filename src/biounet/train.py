@@ -159,6 +159,9 @@ def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
         run.writer = _tensorboard(run_dir)
         log.info("train %d images, validate %d (%s), hold out %d; %d parameters", len(train_items),
                  len(val_items), task.metric, len(holdout_items), sum(p.numel() for p in run.model.parameters()))
+        if not val_items:
+            log.warning("no validation images: the last epoch's weights are kept and the config's post-processing, "
+                        "untuned (add images, or set data.val_fraction / data.val_indices)")
     return run
 
 
