@@ -2,9 +2,12 @@
 history, markdown tables, modality names."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+DSB_ZIP = Path(__file__).resolve().parents[2] / "shared/data/dsb2018/stage1_train.zip"
 
 
 # biounet.data.dataset.modality's names, as the DSB tables print them
@@ -20,6 +23,15 @@ class Split:
     items: list  # biounet.data.dataset.Item, all of them: pick parts with items_named
     validation: list[str]  # image names the run tuned on
     held_out: list[str]  # image names it never saw, scored once
+
+
+def split_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every held-out benchmark takes (--model, --data, --json); a script adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
+    ap.add_argument("--data", default=str(DSB_ZIP))
+    ap.add_argument("--json", type=Path, help="write the results as JSON")
+    return ap
 
 
 def held_out_split(model: str, data: str) -> Split:

@@ -13,15 +13,11 @@ so a gain here is free of selection. Use it before changing post-processing code
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_grid(entries: list[str]) -> dict[str, list]:
@@ -36,12 +32,11 @@ def parse_grid(entries: list[str]) -> dict[str, list]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
+    from _report import split_parser
+
+    ap = split_parser(__doc__)
     ap.add_argument("--grid", action="append", default=[], help="field=v1,v2,... (repeatable)")
     ap.add_argument("--no-refine", action="store_true", help="search --grid only, not the task's refine grid after it")
-    ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
     from _report import MODALITY_NAMES, held_out_split, markdown_table

@@ -12,14 +12,10 @@ chosen on the validation images; the held-out row is scored once with it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rule_factor(train_d: float, est_d: float, r: float, factors: list[float]) -> float:
@@ -31,12 +27,11 @@ def rule_factor(train_d: float, est_d: float, r: float, factors: list[float]) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
+    from _report import split_parser
+
+    ap = split_parser(__doc__)
     ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.4, 2.0])
     ap.add_argument("--ratios", type=float, nargs="+", default=[1.3, 1.6, 2.0, 2.5])
-    ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
     factors = sorted(set(args.factors) | {1.0})
 

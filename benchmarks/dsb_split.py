@@ -14,7 +14,6 @@ images only. The held-out images are then scored once with and without it, per m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure, morphology, segmentation
 
-ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["log_area", "solidity", "eccentricity", "parts", "min_part_share", "dip", "saddle",
             "part_solidity_gain", "mean_interior", "mean_border", "from_shape", "colour"]
 
@@ -143,13 +141,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1.0) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dsb2018-nuclei", help="shipped model name or run folder")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
+    from _report import split_parser
+
+    ap = split_parser(__doc__)
     ap.add_argument("--cache", type=Path, help="npz of the network's probabilities (written once, then read)")
     ap.add_argument("--alt-h", type=float, default=0.1, help="eager cut: interior peaks standing this much above their saddle")
     ap.add_argument("--shape-h", type=float, default=2.0, help="eager cut fallback: distance-transform h-maxima, px")
-    ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
 
     from _report import markdown_table

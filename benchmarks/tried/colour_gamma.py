@@ -9,7 +9,6 @@ so the chosen one's held-out score is free of selection (the others are shown, n
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,11 +20,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dsb2018-nuclei")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
+    from _report import split_parser
+
+    ap = split_parser(__doc__)
     ap.add_argument("--gammas", default="0.5,0.7,1,1.4")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     from _report import held_out_split

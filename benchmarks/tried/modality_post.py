@@ -10,7 +10,6 @@ is free of selection.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -23,10 +22,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="dsb2018-nuclei")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018/stage1_train.zip"))
-    ap.add_argument("--json", type=Path)
+    from _report import split_parser
+
+    ap = split_parser(__doc__)
     args = ap.parse_args()
 
     from _report import MODALITY_NAMES, held_out_split, markdown_table

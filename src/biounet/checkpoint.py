@@ -134,8 +134,9 @@ def save_weights(path: Path, module: torch.nn.Module, half: bool = False) -> Non
         save_file(state, str(tmp))
 
 
-def load_weights(path: Path, module: torch.nn.Module) -> None:
-    """Load a safetensors file (or a folder's ``model.safetensors``) into ``module``."""
+def load_weights(path: Path, module: torch.nn.Module, prefix: str = "") -> None:
+    """Load a safetensors file (or a folder's ``model.safetensors``) into ``module``; with ``prefix``
+    (``"members.0."``), only the tensors under it, the prefix stripped: one network of an ensemble."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -147,6 +148,8 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: cannot read weights ({exc})") from None
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     ref = module.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
     try:
@@ -179,19 +182,11 @@ def load_init_weights(source: str | Path, cfg: RunConfig, module: torch.nn.Modul
     A shipped model or ensemble holds several networks (``members.k.``): fine-tuning starts
     from the first, the one trained with the recipe's seed.
     """
-    from safetensors.torch import load_file
-
     folder, init = init_source(source, cfg)
     if init.model.members == 1:
         load_weights(folder, module)
         return str(source)
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{folder / WEIGHTS}: cannot read weights ({exc})") from None
-    first = {k.removeprefix("members.0."): v for k, v in state.items() if k.startswith("members.0.")}
-    ref = module.state_dict()
-    module.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in first.items()})
+    load_weights(folder, module, prefix="members.0.")
     return f"{source} (the first of its {init.model.members} networks)"
 
 

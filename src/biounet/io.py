@@ -165,13 +165,14 @@ def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
-# how mask files are commonly named after their image (``a.png`` -> ``a_mask.png``; Cellpose: ``a_cp_masks.png``)
-MASK_SUFFIXES = ("_mask", "_masks", "_label", "_labels", "_seg", "_gt", "_cp_masks")
+# how mask files are commonly named after their image (``a.png`` -> ``a_mask.png``; Cellpose: ``a_cp_masks.png``),
+# longest first, so that "_cp_masks" is stripped whole and not as "_masks"
+MASK_SUFFIXES = ("_cp_masks", "_labels", "_masks", "_label", "_mask", "_seg", "_gt")
 
 
 def image_stem(mask_stem: str) -> str:
     """The image stem a mask file is named after: ``a_mask`` -> ``a``; other stems as they are."""
-    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):  # "_cp_masks" before "_masks"
+    for suffix in MASK_SUFFIXES:
         if mask_stem.endswith(suffix) and len(mask_stem) > len(suffix):
             return mask_stem[: -len(suffix)]
     return mask_stem
