@@ -65,6 +65,9 @@ def test_list_values_become_tuples_and_round_trip():
     ("data.border_fraction=-1", "config: data.border_fraction = -1.0 must be >= 0"),
     ("data.val_indices=[1, \"a\"]", r'config: data.val_indices\[1\] = "a" must be an integer'),
     ("train.class_weights=3", "config: train.class_weights = 3 must be a list of numbers"),
+    ("augment.scale_range=[2, 1]", r"config: augment.scale_range = \[2.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi"),
+    ("augment.scale_range=[0.8]", r"config: augment.scale_range = \[0.8\] must be \[lo, hi\]"),
+    ("augment.scale_range=[0, 2]", r"augment.scale_range = \[0.0, 2.0\] must be \[lo, hi\] with 0 < lo"),
 ])
 def test_values_are_checked_for_type_allowed_value_and_range(override, match):
     with pytest.raises(InputError, match=match) as err:

@@ -199,3 +199,35 @@ def test_folders_pair_images_with_masks_named_after_them(tmp_path):
     tifffile.imwrite(tmp_path / "img" / "d.tif", np.zeros((8, 8), np.uint8))
     with pytest.raises(InputError, match=r"d\.tif: no mask named d\.\* \(or d_mask"):
         folder_items(tmp_path / "img", tmp_path / "lab")
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_context_patches_hold_image_not_its_mirror(context):
+    """augment.context: a rotated or zoomed-out patch away from the image border samples real pixels only.
+    Each image pixel is its own label, so a patch's labels say where each of its pixels came from: one
+    affine map (the warp, to within nearest-neighbour rounding) when the pixels are real; without
+    context the patch's own mirror fills its corners, which no affine map explains."""
+    lab = np.arange(400 * 400, dtype=np.int32).reshape(400, 400)
+    img = np.zeros((400, 400), np.uint8)
+    off = [f"augment.{k}=false" for k in ("flips", "rot90", "elastic", "intensity")]
+    cfg = apply_overrides(RunConfig(), ["task=binary", "data.patch_size=48", f"augment.context={str(context).lower()}",
+                                        "augment.scale_range=[0.6,1.0]"] + off)
+    from biounet.data.transforms import context_margin
+
+    m = context_margin(48, cfg.augment)
+    ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg))
+    ds.task = type("Raw", (), {"cfg": cfg, "target": staticmethod(lambda labels: labels.astype(np.int64))})()
+    out = np.stack(np.mgrid[0:48, 0:48], -1).reshape(-1, 2)
+    design = np.c_[out, np.ones(len(out))]
+    worst = []
+    for i in range(20):
+        _, _, top, left = ds.draw(i)
+        if m <= top <= 400 - 48 - m and m <= left <= 400 - 48 - m:
+            src = np.stack(np.divmod(ds[i]["target"].numpy().ravel(), 400), -1).astype(float)
+            fit = design @ np.linalg.lstsq(design, src, rcond=None)[0]
+            worst.append(np.abs(fit - src).max())
+    assert len(worst) >= 5
+    if context:
+        assert max(worst) <= 1.0, worst  # rounding to the nearest pixel: at most about 0.5 per axis
+    else:
+        assert min(worst) > 5, worst

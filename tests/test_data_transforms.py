@@ -358,3 +358,56 @@ def test_stain_jitter_scales_and_shifts_each_stain_density():
 def test_stain_jitter_refuses_gray_images():
     with pytest.raises(ValueError, match="RGB"):
         T.random_stain(np.zeros((8, 8, 1), np.uint8), np.random.default_rng(0), 0.1)
+
+
+# --------------------------------------------------------------------------- context (augment.context)
+
+
+@pytest.mark.parametrize("kw", [{}, {"scale_range": (0.5, 2.0)}, {"elastic": False}, {"affine": False},
+                                {"elastic_sigma": 25.0}], ids=["default", "wide-zoom", "affine", "elastic", "sigma25"])
+def test_context_margin_holds_every_warp_the_config_draws(monkeypatch, kw):
+    """No sampled coordinate leaves the crop of patch + 2 margins, so no mirrored content enters the patch;
+    and the margin is not loose: the farthest coordinate reaches into its outer half."""
+    cfg = geometry_only(**kw)
+    size = 64
+    m = T.context_margin(size, cfg)
+    seen = []
+    real_warp = T.warp
+    monkeypatch.setattr(T, "warp", lambda image, labels, coords: seen.append(coords) or real_warp(image, labels, coords))
+    labels = np.zeros((size + 2 * m,) * 2, np.int32)
+    for seed in range(200):
+        T.augment(paired(labels, 1), labels, np.random.default_rng(seed), cfg, out_shape=(size, size))
+    coords = np.stack(seen)
+    assert coords.min() >= 0 and coords.max() <= size + 2 * m - 1
+    reach = max(-coords.min(), coords.max() - (size + 2 * m - 1)) + m  # how far past the patch edge
+    assert np.abs(coords - (size + 2 * m - 1) / 2).max() - (size - 1) / 2 > m / 2, reach
+
+
+def test_context_margin_is_zero_without_a_warp():
+    assert T.context_margin(64, geometry_only(affine=False, elastic=False)) == 0
+
+
+@pytest.mark.parametrize("top,left", [(0, 0), (-7, 3), (-25, -40), (5, 12)])
+def test_crop_mirrored_equals_a_symmetric_pad_then_a_slice(top, left):
+    arr = np.arange(10 * 12).reshape(10, 12)
+    padded = np.pad(arr, 60, mode="symmetric")
+    np.testing.assert_array_equal(T.crop_mirrored(arr, top, left, 30, 20), padded[60 + top : 90 + top, 60 + left : 80 + left])
+
+
+def test_augment_with_out_shape_keeps_image_and_labels_aligned():
+    labels = disc_labels(160)
+    image = paired(labels)
+    for seed in SEEDS:
+        out_image, out_labels = T.augment(image, labels, np.random.default_rng(seed), geometry_only(), out_shape=(64, 64))
+        assert out_image.shape == (64, 64, 3) and out_labels.shape == (64, 64)
+        assert agreement(out_image, out_labels) >= 0.99, seed
+    with pytest.raises(ValueError, match="out_shape"):
+        T.augment(image, labels, np.random.default_rng(0), geometry_only(affine=False, elastic=False), out_shape=(64, 64))
+
+
+def test_scale_range_sets_the_zoom_drawn():
+    """The drawn zoom stays in augment.scale_range, log-uniform (as many zoom-ins as zoom-outs)."""
+    rng = np.random.default_rng(0)
+    scales = np.array([T._draw_affine(rng, (64, 64), (0.5, 2.0))[1] for _ in range(2000)])
+    assert scales.min() >= 0.5 and scales.max() <= 2.0 and scales.min() < 0.55 and scales.max() > 1.8
+    assert 0.45 < np.mean(scales > 1) < 0.55

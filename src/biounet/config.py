@@ -96,6 +96,17 @@ class AugmentConfig:
     stain: float = 0.0
     elastic_sigma: float = 10.0
     elastic_grid: int = 3
+    # zoom drawn log-uniformly in [lo, hi] (> 1 zooms in); widen it when objects vary in size between images
+    scale_range: tuple[float, ...] = (0.8, 1.25)
+    # warp each patch from a larger crop of its image, so rotated corners and zoomed-out borders show
+    # image instead of the patch's mirror image (which doubles objects cut by the patch edge)
+    context: bool = False
+
+    def __post_init__(self) -> None:
+        lo_hi = self.scale_range
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise InputError(f"config: augment.scale_range = {json.dumps(list(lo_hi))} must be [lo, hi] "
+                             "with 0 < lo <= hi")
 
 
 @dataclass(frozen=True)

@@ -325,12 +325,21 @@ class PatchDataset(Dataset):
         rng, _, top, left, img, lab = self._draw(i)
         size = self.cfg.data.patch_size
         img, lab = _pad_to(img, size), _pad_to(lab, size)
-        img = img[top : top + size, left : left + size]
-        lab = lab[top : top + size, left : left + size]
-        if self.augment:
-            from .transforms import augment
+        aug = self.cfg.augment
+        if self.augment and aug.context and (aug.affine or aug.elastic):
+            from .transforms import augment, context_margin, crop_mirrored
 
-            img, lab = augment(img, lab, rng, self.cfg.augment)
+            m = context_margin(size, aug)
+            img = crop_mirrored(img, top - m, left - m, size + 2 * m, size + 2 * m)
+            lab = crop_mirrored(lab, top - m, left - m, size + 2 * m, size + 2 * m)
+            img, lab = augment(img, lab, rng, aug, out_shape=(size, size))
+        else:
+            img = img[top : top + size, left : left + size]
+            lab = lab[top : top + size, left : left + size]
+            if self.augment:
+                from .transforms import augment
+
+                img, lab = augment(img, lab, rng, aug)
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)),
             "target": torch.from_numpy(self.task.target(lab)),

@@ -34,10 +34,11 @@ from ..config import AugmentConfig
 
 __all__ = [
     "ROTATION_DEG",
-    "SCALE_RANGE",
     "SHIFT_FRACTION",
     "augment",
+    "context_margin",
     "crop",
+    "crop_mirrored",
     "elastic_displacement",
     "random_affine_elastic",
     "random_flip_rot",
@@ -48,9 +49,9 @@ __all__ = [
 ]
 
 # Ranges of the random affine transform. Module constants rather than config
-# keys: they rarely need tuning and the config stays small.
+# keys: they rarely need tuning and the config stays small. The zoom range is
+# augment.scale_range (log-uniform, so zooming in and out are equally likely).
 ROTATION_DEG = 180.0  # angle uniform in [-ROTATION_DEG, ROTATION_DEG)
-SCALE_RANGE = (0.8, 1.25)  # log-uniform, so zooming in and out are equally likely
 SHIFT_FRACTION = 0.1  # shift uniform in +-10 % of the patch side
 
 
@@ -266,11 +267,11 @@ def warp(
 
 
 def _draw_affine(
-    rng: np.random.Generator, out_shape: tuple[int, int]
+    rng: np.random.Generator, out_shape: tuple[int, int], scale_range: tuple[float, ...]
 ) -> tuple[float, float, tuple[float, float]]:
     """Angle (degrees), scale and shift (pixels, a fraction of the output size)."""
     angle = float(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
-    scale = float(np.exp(rng.uniform(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1]))))
+    scale = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
     shift = rng.uniform(-SHIFT_FRACTION, SHIFT_FRACTION, size=2) * np.asarray(out_shape, dtype=np.float64)
     return angle, scale, (float(shift[0]), float(shift[1]))
 
@@ -287,7 +288,7 @@ def random_affine_elastic(
 
     Which parts are drawn follows ``cfg.affine`` and ``cfg.elastic``
     (``cfg.elastic_sigma`` pixels on a ``cfg.elastic_grid`` square lattice);
-    the affine ranges are :data:`ROTATION_DEG`, :data:`SCALE_RANGE` and
+    the affine ranges are :data:`ROTATION_DEG`, ``cfg.scale_range`` and
     :data:`SHIFT_FRACTION`. With both disabled the inputs are returned as
     contiguous copies.
 
@@ -298,7 +299,7 @@ def random_affine_elastic(
         cfg: augmentation settings.
         out_shape: output ``(Ho, Wo)``, centred on the input; defaults to
             ``(H, W)``. Pass an input crop larger than the patch you want
-            (about 1.5x for full rotations at scale 0.8) so rotated corners
+            (:func:`context_margin` on each side) so rotated corners
             show real context instead of mirrored content.
 
     Returns:
@@ -317,7 +318,7 @@ def random_affine_elastic(
                 raise ValueError(f"out_shape {out_shape} is larger than the input {in_shape}")
             return crop(image, labels, top, left, out_shape)
         return np.array(image, order="C", copy=True), np.array(labels, order="C", copy=True)
-    angle, scale, shift = _draw_affine(rng, out_shape) if cfg.affine else (0.0, 1.0, (0.0, 0.0))
+    angle, scale, shift = _draw_affine(rng, out_shape, cfg.scale_range) if cfg.affine else (0.0, 1.0, (0.0, 0.0))
     displacement = (
         elastic_displacement(out_shape, rng, cfg.elastic_sigma, cfg.elastic_grid) if cfg.elastic else None
     )
@@ -443,8 +444,41 @@ def crop(
     return np.ascontiguousarray(image[window]), np.ascontiguousarray(labels[window])
 
 
+def context_margin(size: int, cfg: AugmentConfig) -> int:
+    """Pixels of input needed on each side of a ``size`` patch so no warp of ``cfg`` samples beyond them.
+
+    The output's corners lie ``size / sqrt(2)`` from its centre; at the smallest zoom they come from
+    ``1 / scale_range[0]`` times as far, plus the largest shift and four elastic sigmas (the displacement is Gaussian on its grid nodes).
+    """
+    if not (cfg.affine or cfg.elastic):
+        return 0
+    reach = size / 2.0
+    if cfg.affine:
+        reach = reach * np.sqrt(2.0) / min(cfg.scale_range[0], 1.0) + SHIFT_FRACTION * size
+    if cfg.elastic:
+        reach += 4.0 * cfg.elastic_sigma
+    return int(np.ceil(reach - size / 2.0)) + 1
+
+
+def crop_mirrored(arr: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """``arr[top:top+height, left:left+width]`` where rows/columns outside ``arr`` are mirrored in
+    (edge pixel repeated, as ``np.pad(mode="symmetric")`` and ``ndimage``'s ``"reflect"``), any distance out."""
+    def index(start: int, length: int, n: int) -> np.ndarray:
+        i = np.mod(np.arange(start, start + length), 2 * n)
+        return np.where(i >= n, 2 * n - 1 - i, i)
+
+    if top >= 0 and left >= 0 and top + height <= arr.shape[0] and left + width <= arr.shape[1]:
+        return arr[top : top + height, left : left + width]  # a view: the warp that follows copies
+    return arr[index(top, height, arr.shape[0])][:, index(left, width, arr.shape[1])]
+
+
 def augment(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    *,
+    out_shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the augmentations enabled in ``cfg`` to a training patch.
 
@@ -457,18 +491,24 @@ def augment(
         labels: ``(H, W)`` integer or bool labels.
         rng: source of randomness; the same seed gives the same result.
         cfg: which transforms to apply.
+        out_shape: the patch ``(Ho, Wo)`` to warp out of the centre of a larger
+            input (context, see :func:`context_margin`); defaults to the input's.
+            Needs ``cfg.affine`` or ``cfg.elastic``.
 
     Returns:
-        ``(image, labels)``: new C-contiguous arrays with the input shapes and
-        dtypes. Recompute weight maps from the returned labels.
+        ``(image, labels)``: new C-contiguous arrays with the input (or
+        ``out_shape``) shapes and dtypes. Recompute weight maps from the
+        returned labels.
     """
     _check_pair(image, labels)
     _check_cfg(cfg)
     if cfg.flips or cfg.rot90:
         image, labels = _random_dihedral_views(image, labels, rng, cfg.flips, cfg.rot90)
     if cfg.affine or cfg.elastic:
-        image, labels = random_affine_elastic(image, labels, rng, cfg)
+        image, labels = random_affine_elastic(image, labels, rng, cfg, out_shape=out_shape)
     else:
+        if out_shape is not None and tuple(out_shape) != labels.shape:
+            raise ValueError("augment: out_shape needs augment.affine or augment.elastic")
         # Never hand back the caller's buffer: a later in-place edit would corrupt the dataset.
         labels = np.array(labels, order="C", copy=True)
         if not cfg.intensity:  # random_intensity copies the image itself
