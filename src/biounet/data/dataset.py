@@ -326,20 +326,14 @@ class PatchDataset(Dataset):
         size = self.cfg.data.patch_size
         img, lab = _pad_to(img, size), _pad_to(lab, size)
         aug = self.cfg.augment
-        if self.augment and aug.context and (aug.affine or aug.elastic):
-            from .transforms import augment, context_margin, crop_mirrored
+        from .transforms import augment, context_margin, crop_mirrored
 
-            m = context_margin(size, aug)
-            img = crop_mirrored(img, top - m, left - m, size + 2 * m, size + 2 * m)
-            lab = crop_mirrored(lab, top - m, left - m, size + 2 * m, size + 2 * m)
-            img, lab = augment(img, lab, rng, aug, out_shape=(size, size))
-        else:
-            img = img[top : top + size, left : left + size]
-            lab = lab[top : top + size, left : left + size]
-            if self.augment:
-                from .transforms import augment
-
-                img, lab = augment(img, lab, rng, aug)
+        # augment.context: warp the patch out of a larger crop (margin m), so no mirror fills its corners
+        m = context_margin(size, aug) if self.augment and aug.context else 0
+        img = crop_mirrored(img, top - m, left - m, size + 2 * m, size + 2 * m)
+        lab = crop_mirrored(lab, top - m, left - m, size + 2 * m, size + 2 * m)
+        if self.augment:
+            img, lab = augment(img, lab, rng, aug, out_shape=(size, size) if m else None)
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)),
             "target": torch.from_numpy(self.task.target(lab)),
