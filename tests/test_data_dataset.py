@@ -181,6 +181,42 @@ def test_data_channel_reads_that_channel_from_every_kind_of_source(tmp_path):
     assert np.array_equal(img, rgb[..., 2])
 
 
+def test_a_channel_of_a_stack_is_decoded_once_for_all_its_pages_and_again_when_the_file_changes(tmp_path,
+                                                                                                  monkeypatch):
+    import os
+
+    import tifffile
+
+    from biounet.data import dataset
+    from biounet.data.dataset import items_from_config
+
+    rng = np.random.default_rng(1)
+    vol = rng.integers(0, 255, (4, 2, 16, 20), dtype=np.uint8)
+    lab = np.zeros((4, 16, 20), np.uint8)
+    lab[:, 3:9, 4:11] = 1
+    tifffile.imwrite(tmp_path / "vol.tif", vol, imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "lab.tif", lab, photometric="minisblack")
+    reads = []
+    real = dataset.read_stack
+    monkeypatch.setattr(dataset, "read_stack", lambda p, c=None: reads.append(p) or real(p, c))
+    dataset._stack_channel.cache_clear()
+    items = items_from_config(DataConfig(kind="stack", images=str(tmp_path / "vol.tif"),
+                                         labels=str(tmp_path / "lab.tif"), channel=0))
+    reads.clear()  # listing the items reads the stack once to count its pages
+    pages = [it.load()[0] for it in items]
+    assert len(reads) == 1 and all(np.array_equal(p, vol[i, 0]) for i, p in enumerate(pages))
+    pages[0][:] = 0  # a caller's page is its own: the shared stack stays intact
+    assert np.array_equal(items[0].load()[0], vol[0, 0]) and len(reads) == 1
+    vol2 = vol[::-1].copy()
+    tifffile.imwrite(tmp_path / "vol.tif", vol2, imagej=True, metadata={"axes": "ZCYX"})
+    st = os.stat(tmp_path / "vol.tif")
+    os.utime(tmp_path / "vol.tif", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert np.array_equal(items[1].load()[0], vol2[1, 0]) and len(reads) == 2
+    (tmp_path / "vol.tif").unlink()
+    with pytest.raises(InputError, match="vol.tif: no such file"):
+        items[2].load()
+
+
 def test_folders_pair_images_with_masks_named_after_them(tmp_path):
     import tifffile
 

@@ -10,6 +10,7 @@ folders, and the Kaggle DSB 2018 layout (folder or zip).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,27 @@ from ..normalize import network_input
 
 
 # ---- items -------------------------------------------------------------------
+def stack_channel(path: str, channel: int) -> np.ndarray:
+    """``read_stack(path, channel)``, read once per file version rather than once per page.
+
+    A channel of a multi-channel stack cannot be read one page at a time (the channel axis may lie
+    between the pages), so each page's :meth:`Item.load` would otherwise decode the whole stack again.
+    The key holds the file's size and modification time, so a file replaced on disk is read afresh.
+    """
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return read_stack(path, channel)  # raises the one-line error that names the file
+    return _stack_channel(str(path), channel, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _stack_channel(path: str, channel: int, size: int, mtime_ns: int) -> np.ndarray:
+    arr = read_stack(path, channel)
+    arr.setflags(write=False)  # shared between pages: callers copy their page
+    return arr
+
+
 @dataclass(frozen=True)
 class Item:
     """One training/validation image: a name and how to load it lazily."""
@@ -44,7 +66,7 @@ class Item:
 
             try:
                 img = (tifffile.imread(self.image, key=self.page) if self.channel is None
-                       else read_stack(self.image, self.channel)[self.page])
+                       else stack_channel(self.image, self.channel)[self.page].copy())
                 lab = tifffile.imread(self.labels, key=self.page)
             except InputError:
                 raise
