@@ -66,3 +66,20 @@ def test_a_run_without_held_out_images_is_refused_by_name(tiny_run):
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dsb_post.py"), "--model", str(tiny_run)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "recorded no held-out images" in res.stderr
+
+
+def test_sampler_benchmark_times_every_variant_on_the_same_images(tiny_nuclei, tmp_path):
+    import importlib.util
+
+    _, data = tiny_nuclei
+    out = tmp_path / "sampler.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampler.py"), "--data", str(data), "--images", "4",
+                          "--patches", "2", "--rounds", "1", "--json", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    spec = importlib.util.spec_from_file_location("sampler", ROOT / "benchmarks" / "sampler.py")
+    sampler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sampler)
+    ms = json.loads(out.read_text())["ms_per_patch"]
+    assert set(ms) == {"the config as it is", *sampler.VARIANTS} and all(v > 0 for v in ms.values())
+    assert res.stdout.count("| ") >= len(ms) + 1  # a table row per variant, under its header
