@@ -187,6 +187,7 @@ def test_train_explains_a_folder_without_labels_and_a_resume_without_a_run(tmp_p
     tifffile.imwrite(tmp_path / "imgs" / "a.tif", np.zeros((16, 16), np.uint8))
     res = runner.invoke(app, ["train", "--task", "nuclei", "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "imgs: a folder of images needs --labels" in res.output
+    assert "(or holds images/ and masks/" in res.output
     res = runner.invoke(app, ["train", "-o", str(tmp_path / "r"), "--resume"])
     assert res.exit_code == 2 and "r: no run to resume here (no config.json)" in res.output
     assert not (tmp_path / "r").exists()
@@ -318,6 +319,29 @@ def test_train_refuses_to_replace_a_run_and_guesses_folder_data(stack_files, tmp
                               "--set", "data.patch_size=32", "--set", "data.patches_per_epoch=4",
                               "--set", "model.base_features=4", "--set", "model.depth=2"])
     assert res.exit_code == 0, res.output
+
+
+def test_train_and_check_data_take_one_folder_holding_images_and_masks(tmp_path):
+    """--data set/ where set/ holds images/ and masks/ (the common layout) trains with no --labels or kind."""
+    import json
+
+    import imageio.v3 as iio
+
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        iio.imwrite(tmp_path / "set" / "images" / f"i{i}.png", img)
+        iio.imwrite(tmp_path / "set" / "masks" / f"i{i}.png", ((img > 128) * 255).astype(np.uint8))
+    res = runner.invoke(app, ["check-data", str(tmp_path / "set")])
+    assert res.exit_code == 0 and "3 image(s) checked: 0 error(s)" in res.output, res.output
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", str(tmp_path / "set"), "-o", str(tmp_path / "r"),
+                              "--epochs", "1", "--quiet", "--set", "data.patch_size=32", "--set",
+                              "data.patches_per_epoch=4", "--set", "model.base_features=4", "--set", "model.depth=2"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "r" / "config.json").read_text())["data"]
+    assert data["kind"] == "folders" and data["images"] == str(tmp_path / "set") and not data["labels"]
 
 
 def test_train_fails_at_start_on_a_bad_validation_pair(tmp_path):

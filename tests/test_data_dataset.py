@@ -237,6 +237,35 @@ def test_folders_pair_images_with_masks_named_after_them(tmp_path):
         folder_items(tmp_path / "img", tmp_path / "lab")
 
 
+def test_one_folder_holding_images_and_masks_is_image_mask_folders(tmp_path):
+    """The layout most datasets ship (root/images + root/masks or labels/) needs no --labels; a folder
+    without a mask folder beside images/ is still refused, naming both ways to fix it."""
+    import tifffile
+
+    from biounet.data.dataset import guess_kind, image_mask_folders, items_from_config
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    assert image_mask_folders(root) is None and guess_kind(root) is None
+    with pytest.raises(InputError, match=r"set: image folders need data.labels .*images/ and a masks/ folder"):
+        items_from_config(DataConfig(kind="folders", images=str(root)))
+    (root / "labels").mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(root / "images" / f"{name}.tif", np.full((8, 8), ord(name), np.uint8))
+        tifffile.imwrite(root / "labels" / f"{name}_mask.tif", np.full((8, 8), ord(name), np.uint16))
+    assert image_mask_folders(root) == (root / "images", root / "labels")
+    assert guess_kind(root) == "folders"
+    items = items_from_config(DataConfig(kind="folders", images=str(root)))
+    assert [i.name for i in items] == ["a", "b"]
+    for item in items:
+        image, labels = item.load()
+        assert labels.max() == image.max() == ord(item.name)
+    # an explicit data.labels still wins over the layout
+    (tmp_path / "other").mkdir()
+    with pytest.raises(InputError, match=r"other: no images found"):
+        items_from_config(DataConfig(kind="folders", images=str(root / "images"), labels=str(tmp_path / "other")))
+
+
 @pytest.mark.parametrize("context", [True, False])
 def test_context_patches_hold_image_not_its_mirror(context):
     """augment.context: a rotated or zoomed-out patch away from the image border samples real pixels only.

@@ -45,6 +45,31 @@ def test_missing_prediction_and_size_mismatch_are_named(tmp_path):
     assert str(err.value).startswith(f"{tmp_path / 'pred'}/abc.tif: size")  # the folder named once
 
 
+def test_a_folder_holding_images_and_masks_is_scored_on_its_masks_and_drawn_on_its_images(tmp_path):
+    from biounet.evaluate import worst_pictures
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    truth = np.zeros((20, 20), np.uint16)
+    truth[2:12, 2:12] = 1
+    ramp = np.tile(np.arange(20, dtype=np.uint8) * 10, (20, 1))
+    tifffile.imwrite(root / "images" / "img1.tif", ramp)
+    tifffile.imwrite(root / "masks" / "img1_mask.tif", truth)
+    (tmp_path / "pred").mkdir()
+    pred = np.zeros_like(truth)
+    pred[4:14, 2:12] = 3  # IoU 80/120: matched at thresholds 0.50..0.65, 4 of 10
+    tifffile.imwrite(tmp_path / "pred" / "img1.tif", pred)
+    summary, rows = evaluate_paths(root, tmp_path / "pred")
+    assert summary["dsb_score"] == pytest.approx(0.4) and summary["n_true"] == 1
+    ((name, truth_pic, _, score),) = worst_pictures(root, tmp_path / "pred", rows)
+    assert name == "img1_mask" and score == pytest.approx(0.4)
+    assert truth_pic[15:20, 15:20].min() > 0  # away from the outline: the image's bright end, not black
+    tifffile.imwrite(root / "images" / "img1.tif", np.full((21, 20), 200, np.uint8))
+    with pytest.raises(InputError, match=r"img1\.tif: size \(21, 20\) != its mask"):
+        worst_pictures(root, tmp_path / "pred", rows)
+
+
 def test_membrane_cells_from_masks_and_probabilities():
     assert membrane_cells(np.array([0, 255], np.uint8)).tolist() == [True, False]
     assert membrane_cells(np.array([0.2, 0.8], np.float32)).tolist() == [True, False]

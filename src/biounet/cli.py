@@ -289,8 +289,11 @@ def train(
         overrides.append(f"train.seed={seed}")
     cfg = _run(apply_overrides, cfg, overrides)
     if data is not None and Path(data).is_dir() and not cfg.data.labels and cfg.data.kind not in ("dsb", "coco"):
-        _fail(f"{data}: a folder of images needs --labels, a folder of masks named after them "
-              "(or give a DSB folder: <id>/images/<id>.png with <id>/masks/*.png)")
+        from .data.dataset import image_mask_folders
+
+        if image_mask_folders(data) is None:
+            _fail(f"{data}: a folder of images needs --labels, a folder of masks named after them "
+                  "(or holds images/ and masks/; or give a DSB folder: <id>/images/<id>.png with <id>/masks/*.png)")
     from .train import train as run_training
 
     try:
@@ -350,7 +353,8 @@ def _check_suffix(path: Optional[Path], suffix: str, option: str) -> None:
 
 @app.command()
 def evaluate(
-    truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, or folder of label images."),
+    truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, folder of label "
+                               "images, or one holding images/ + masks/."),
     pred: Path = typer.Option(..., help="Prediction: mask TIFF stack or folder of label images (<name>.tif)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores as JSON."),
     per_image: Optional[Path] = typer.Option(None, help="Per-image scores as CSV (instance evaluation)."),
@@ -410,7 +414,8 @@ def check_data(
 
     kind = kind or guess_kind(data, labels)
     if kind is None:
-        _fail(f"{data}: cannot tell what kind of data this is; give --kind (and --labels)")
+        _fail(f"{data}: cannot tell what kind of data this is (a DSB zip or folder, a folder holding images/ and "
+              "masks/, a COCO .json, or a TIFF stack with --labels); give --kind (and --labels)")
     cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or "", "channel": channel}, "data.")
     report = check_items(_run(items_from_config, cfg))
     typer.echo(format_report(report))

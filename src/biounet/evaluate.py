@@ -8,7 +8,8 @@ Three pairings, chosen from what ``truth`` is:
   cell-label stack (uint16/32, ``predict --instances``) -> V-Rand/V-Info as they are;
 * a DSB 2018 folder or zip: ``pred`` is a folder of ``<ImageId>.tif`` instance
   labels -> DSB score, AP@0.5, AP@0.75, counts;
-* a folder of label images: paired by file stem with ``pred`` -> as for DSB.
+* a folder of label images, or a folder holding ``images/`` and ``masks/`` (scored on
+  ``masks/``, whose images the HTML report draws on): paired by file stem with ``pred`` -> as for DSB.
 """
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ def is_dsb(truth: Path) -> bool:
                                                                  or any(truth.glob("*/*/masks"))))
 
 
+def truth_folders(truth: Path) -> tuple[Path, Path | None]:
+    """(label folder, image folder or None) of a non-DSB truth folder: one holding ``images/`` and
+    ``masks/`` (the layout ``train --data`` takes) is scored on its masks."""
+    from .data.dataset import image_mask_folders
+
+    pair = image_mask_folders(truth) if Path(truth).is_dir() else None
+    return (pair[1], pair[0]) if pair else (Path(truth), None)
+
+
 def instance_pairs(
     truth: Path, pred_dir: Path, skip_missing: bool = False, skipped: list[str] | None = None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -76,7 +86,7 @@ def instance_pairs(
         truths = [(item.image_id, lambda item=item: load_dsb_labels(item))
                   for item in list_dsb_items(truth) if item.has_masks]
     else:
-        truths = [(p.stem, lambda p=p: read_image(p)) for p in list_images(truth)]
+        truths = [(p.stem, lambda p=p: read_image(p)) for p in list_images(truth_folders(truth)[0])]
     for name, load in truths:
         pred = _pred_path(pred_dir, name, skip_missing)
         if pred is None:
@@ -144,8 +154,8 @@ def write_rows_csv(path: Path, rows: list[dict]) -> None:
 def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) -> list[tuple]:
     """(name, truth overlay, prediction overlay, DSB score) for the ``n`` lowest-scoring images.
 
-    DSB truth brings its own images; a folder of label images has none, so
-    its outlines are drawn on a black background.
+    DSB truth brings its own images, as does a folder holding ``images/`` and ``masks/``;
+    a folder of label images alone has none, so its outlines are drawn on a black background.
     """
     from .overlay import overlay
 
@@ -154,7 +164,9 @@ def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) ->
     from .data.dsb import list_dsb_items, load_dsb_pair
 
     dsb = {item.image_id: item for item in list_dsb_items(truth)} if is_dsb(truth) else None
-    files = {p.stem: p for p in list_images(truth)} if dsb is None else {}
+    labels_dir, images_dir = truth_folders(truth) if dsb is None else (truth, None)
+    files = {p.stem: p for p in list_images(labels_dir)} if dsb is None else {}
+    images = {p.stem: p for p in list_images(images_dir)} if images_dir is not None else {}
     pictures = []
     for row in worst:
         name = str(row["name"])
@@ -163,7 +175,10 @@ def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) ->
             image, labels = load_dsb_pair(dsb[name])
         else:
             labels = read_image(files[name])
-            image = np.zeros(labels.shape, np.uint8)
+            source = images.get(name) or images.get(image_stem(name))
+            image = read_image(source) if source is not None else np.zeros(labels.shape, np.uint8)
+            if image.shape[:2] != labels.shape[:2]:
+                raise InputError(f"{source}: size {image.shape[:2]} != its mask {files[name]} {labels.shape[:2]}")
         pictures.append((name, overlay(image, labels, title="truth"), overlay(image, pred, title="prediction"),
                          float(row["dsb_score"])))
     return pictures

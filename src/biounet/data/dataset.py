@@ -160,11 +160,26 @@ def coco_items(json_path: str | Path, image_root: str = "") -> list[Item]:
     return [Item(Path(i.file_name).stem, "coco", str(i.image_path), extra=i) for i in items]
 
 
+MASK_FOLDERS = ("masks", "labels", "mask", "label", "gt")
+
+
+def image_mask_folders(root: str | Path) -> tuple[Path, Path] | None:
+    """``root/images`` and ``root/masks`` (or ``labels``, ``mask``, ``label``, ``gt``), or None.
+
+    Most datasets ship as one folder holding these two, so a user may name that folder alone.
+    """
+    root = Path(root)
+    if not (root / "images").is_dir():
+        return None
+    masks = next((root / m for m in MASK_FOLDERS if (root / m).is_dir()), None)
+    return None if masks is None else (root / "images", masks)
+
+
 def guess_kind(images: str | Path, labels: str | Path | None = None) -> str | None:
     """The ``data.kind`` a user means by ``--data`` (and ``--labels``), or None when it is not clear.
 
-    A zip or a folder of ``<id>/images`` + ``<id>/masks`` is DSB; two folders are
-    image/mask folders; a ``.json`` is COCO; two TIFF files are stacks.
+    A zip or a folder of ``<id>/images`` + ``<id>/masks`` is DSB; two folders, or one holding
+    ``images/`` and ``masks/``, are image/mask folders; a ``.json`` is COCO; two TIFF files are stacks.
     """
     images = Path(images)
     if images.suffix.lower() == ".zip" or (images.is_dir() and any(images.glob("*/masks"))):
@@ -172,6 +187,8 @@ def guess_kind(images: str | Path, labels: str | Path | None = None) -> str | No
     if images.suffix.lower() == ".json":
         return "coco"
     if images.is_dir() and labels is not None and Path(labels).is_dir():
+        return "folders"
+    if images.is_dir() and labels is None and image_mask_folders(images) is not None:
         return "folders"
     if images.suffix.lower() in (".tif", ".tiff") and labels is not None:
         return "stack"
@@ -185,7 +202,11 @@ def items_from_config(cfg: DataConfig) -> list[Item]:
     if cfg.kind == "stack":
         return stack_items(cfg.images, cfg.labels, channel)
     if cfg.kind == "folders":
-        items = folder_items(cfg.images, cfg.labels)
+        pair = (cfg.images, cfg.labels) if cfg.labels else image_mask_folders(cfg.images)
+        if pair is None:
+            raise InputError(f"{cfg.images}: image folders need data.labels (--labels: a folder of masks named "
+                             f"after the images), or an images/ and a masks/ folder inside {cfg.images}")
+        items = folder_items(*pair)
     elif cfg.kind == "dsb":
         items = dsb_items(cfg.images)
     elif cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
