@@ -185,6 +185,17 @@ def test_a_quoted_pattern_expands_to_the_images_it_matches(tmp_path):
         P.expand_inputs([str(tmp_path / "*.jpg")])
 
 
+def test_a_folder_holding_images_and_masks_expands_to_its_images(tmp_path):
+    """`predict my_set/` on the folder `train --data` took: its images/, not its masks/; loose images win."""
+    for sub in ("images", "masks"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+        for name in ("a.png", "b.png"):
+            (tmp_path / "set" / sub / name).write_bytes(b"x")
+    assert P.expand_inputs([tmp_path / "set"]) == [tmp_path / "set" / "images" / n for n in ("a.png", "b.png")]
+    (tmp_path / "set" / "c.tif").write_bytes(b"x")
+    assert P.expand_inputs([tmp_path / "set"]) == [tmp_path / "set" / "c.tif"]
+
+
 def test_load_model_by_name_fails_clearly():
     with pytest.raises(biounet.io.InputError, match="not a model folder"):
         biounet.load_model("definitely-not-shipped")

@@ -334,7 +334,8 @@ class OutputOptions:
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files stay; folders expand to their images (DSB ``<id>/images/<id>.png`` too); a pattern that no
+    """Files stay; folders expand to their images (DSB ``<id>/images/<id>.png`` too, and ``images/`` of a
+    folder holding no image itself, as ``train --data`` takes it); a pattern that no
     shell expanded (``"imgs/*.png"`` quoted, or on Windows) expands to the images it matches."""
     import glob
 
@@ -351,7 +352,9 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             files.extend(images)
         elif p.is_dir():
             dsb = sorted(p.glob("*/images/*.png"))
-            files.extend(dsb if dsb else list_images(p))
+            loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            inner = p / "images"  # a training-style folder: my_set/images beside my_set/masks
+            files.extend(dsb or (list_images(inner) if not loose and inner.is_dir() else list_images(p)))
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
