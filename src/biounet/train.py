@@ -376,7 +376,7 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     tuned or scored on; their training settings (loss weights, the weight map,
     schedule) may differ. A folder that is an ensemble already (a shipped model)
     gives its members, so a new network can join one whose member runs are gone;
-    every network weighs the same. Thresholds are tuned on the shared validation images and the
+    every network weighs the same. Members may differ in dropout, which acts in training only. Thresholds are tuned on the shared validation images and the
     held-out ones are scored once (:func:`finish`). ``data`` replaces
     ``data.images`` when the data has moved since training.
     """
@@ -392,10 +392,11 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
 
     def shared(c: RunConfig, key: str) -> Any:
         # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below;
-        # the weight map only weighs the training loss, so members may differ in it as in class weights
+        # the weight map only weighs the training loss, so members may differ in it as in class weights,
+        # and dropout acts in training only
         part = getattr(c, key)
         if key == "model":
-            return dataclasses.replace(part, members=1)
+            return dataclasses.replace(part, members=1, dropout=0.0)
         if key != "data":
             return part
         return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
