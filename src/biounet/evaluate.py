@@ -66,7 +66,7 @@ def truth_folders(truth: Path) -> tuple[Path, Path | None]:
     ``masks/`` (the layout ``train --data`` takes) is scored on its masks."""
     from .data.dataset import image_mask_folders
 
-    pair = image_mask_folders(truth) if Path(truth).is_dir() else None
+    pair = image_mask_folders(truth)
     return (pair[1], pair[0]) if pair else (Path(truth), None)
 
 
@@ -164,9 +164,12 @@ def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) ->
     from .data.dsb import list_dsb_items, load_dsb_pair
 
     dsb = {item.image_id: item for item in list_dsb_items(truth)} if is_dsb(truth) else None
-    labels_dir, images_dir = truth_folders(truth) if dsb is None else (truth, None)
-    files = {p.stem: p for p in list_images(labels_dir)} if dsb is None else {}
-    images = {p.stem: p for p in list_images(images_dir)} if images_dir is not None else {}
+    files: dict[str, Path] = {}
+    images: dict[str, Path] = {}
+    if dsb is None:
+        labels_dir, images_dir = truth_folders(truth)
+        files = {p.stem: p for p in list_images(labels_dir)}
+        images = {p.stem: p for p in list_images(images_dir)} if images_dir is not None else {}
     pictures = []
     for row in worst:
         name = str(row["name"])

@@ -193,12 +193,17 @@ def masks_by_image_stem(masks: list[Path]) -> dict[str, Path]:
     return {**out, **exact}
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Sorted image files directly in an existing ``folder``, possibly none."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in IMAGE_SUFFIXES)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Sorted image files directly in ``folder``; an empty folder is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p) in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files

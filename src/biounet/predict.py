@@ -339,7 +339,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     shell expanded (``"imgs/*.png"`` quoted, or on Windows) expands to the images it matches."""
     import glob
 
-    from .io import IMAGE_SUFFIXES, list_images
+    from .io import IMAGE_SUFFIXES, image_files, list_images
 
     files: list[Path] = []
     for raw in inputs:
@@ -352,9 +352,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             files.extend(images)
         elif p.is_dir():
             dsb = sorted(p.glob("*/images/*.png"))
-            loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
             inner = p / "images"  # a training-style folder: my_set/images beside my_set/masks
-            files.extend(dsb or (list_images(inner) if not loose and inner.is_dir() else list_images(p)))
+            files.extend(dsb or list_images(inner if inner.is_dir() and not image_files(p) else p))
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")

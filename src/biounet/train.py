@@ -376,9 +376,9 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     tuned or scored on; their training settings (loss weights, the weight map,
     schedule) may differ. A folder that is an ensemble already (a shipped model)
     gives its members, so a new network can join one whose member runs are gone;
-    every network weighs the same. Members may differ in dropout, which acts in training only. Thresholds are tuned on the shared validation images and the
-    held-out ones are scored once (:func:`finish`). ``data`` replaces
-    ``data.images`` when the data has moved since training.
+    every network weighs the same. Members may differ in dropout, which acts in training only.
+    Thresholds are tuned on the shared validation images and the held-out ones are scored once
+    (:func:`finish`). ``data`` replaces ``data.images`` when the data has moved since training.
     """
     from .tasks import apply_overrides
 
