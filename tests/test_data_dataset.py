@@ -33,6 +33,10 @@ def test_modality_weights_balance_rare_kinds():
     items = [_Fake(str(i), "file", "", extra=dark) for i in range(8)] + [_Fake("c", "file", "", extra=colour)]
     p = modality_weights(items)
     assert p[-1] == pytest.approx(0.5) and p[:-1].sum() == pytest.approx(0.5)
+    # power 0.5: the colour image weighs 1, each dark one 1 / sqrt(8), so colour gets 1 / (1 + sqrt(8))
+    half = modality_weights(items, power=0.5)
+    assert half[-1] == pytest.approx(1 / (1 + 8 ** 0.5)) and half[:-1] == pytest.approx(half[0])
+    assert modality_weights(items, power=0.0) == pytest.approx(np.full(9, 1 / 9))  # as found
 
 
 def test_items_named_keeps_order_and_names_missing_ones():

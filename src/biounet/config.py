@@ -78,6 +78,9 @@ class DataConfig:
     sigma: float = 5.0
     num_workers: int = 0
     balance: bool = False  # sample images so each modality (fluorescence/brightfield/colour) weighs the same
+    # with balance: an image is drawn with weight 1 / (training images of its modality) ** balance_power;
+    # 1 = every modality weighs the same, 0.5 = half-way (on a log scale) between that and as found
+    balance_power: float = 1.0
     # train, validate and score only images of these modalities ("dark" = fluorescence, "bright" =
     # brightfield, "colour" = stained), chosen after the split: a modality expert keeps the held-out
     # and validation images of the run without the filter, so the two compare image for image
@@ -164,7 +167,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1),
     "data.split_seed": (-1, None), "data.channel": (-1, None), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
-    "data.num_workers": (0, None),
+    "data.num_workers": (0, None), "data.balance_power": (0, 1),
     "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
