@@ -5,8 +5,10 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from biounet.checkpoint import read_history
+from biounet.io import InputError
 from biounet.config import RunConfig
 from biounet.tasks import apply_overrides
 from biounet.predict import load_model
@@ -334,3 +336,37 @@ def test_soft_depth_targets_train_a_nuclei_run_end_to_end(tmp_path):
     assert "tuned_dsb" in result and all(np.isfinite(h["loss"]) for h in read_history(tmp_path / "run"))
     labels = load_model(tmp_path / "run").segment(pairs[0][0])
     assert labels.dtype == np.int32 and labels.shape == (64, 64)
+
+
+def test_ema_keeps_and_ships_the_moving_average_of_the_weights(stack_files, tmp_path):
+    # one step, then the same step and a second: the average after two steps is d * w1 + (1 - d) * w2,
+    # d warmed up (min(decay, (1 + n) / (10 + n)) after n = 1 update), so the first weights fade fast
+    decay = 0.75
+    d = min(decay, 2 / 11)
+    one = tiny_config(*stack_files, **{"train.epochs": 1, "train.schedule": "none", "data.patches_per_epoch": 4})
+    two = apply_overrides(one, ["data.patches_per_epoch=8", f"train.ema={decay}"])
+    train(one, tmp_path / "one", progress=False)
+    train(two, tmp_path / "two", progress=False)
+    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    state = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    w2, ema = state["model"], state["ema"]
+    shipped = load_file(tmp_path / "two" / "model.safetensors")
+    floats = [k for k in w1 if w1[k].is_floating_point()]
+    assert floats and "running_mean" in " ".join(floats)  # batch-norm statistics are averaged too
+    for k in floats:
+        torch.testing.assert_close(ema["module." + k], d * w1[k] + (1 - d) * w2[k])
+        torch.testing.assert_close(shipped[k].float(), ema["module." + k])
+    assert any(not torch.equal(shipped[k].float(), w2[k]) for k in floats)  # not the live weights
+
+
+def test_resume_continues_the_moving_average_exactly(stack_files, tmp_path):
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.schedule": "none", "train.ema": 0.9})
+    train(cfg, tmp_path / "straight", progress=False)
+    train(apply_overrides(cfg, ["train.epochs=1"]), tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["ema"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="without train.ema"):  # a run trained without it cannot grow one
+        train(apply_overrides(cfg, ["train.ema=0"]), tmp_path / "plain", progress=False)
+        train(cfg, tmp_path / "plain", resume=True, progress=False)

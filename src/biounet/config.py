@@ -130,6 +130,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations: ~1.3x faster CPU training steps with oneDNN (benchmarks/speed.py)
     val_every: int = 1  # validate every N epochs (and after the last one)
     init_weights: str = ""  # start from this model folder's weights (fine-tuning); "" = random init
+    # > 0: validate, keep and ship an exponential moving average of the weights (this decay per optimiser
+    # step, e.g. 0.999: about the last 1000 steps), a free ensemble along the run; 0 = the live weights
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
-    "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),
+    "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None), "train.ema": (0, 0.99999),
     "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.seed_h": (0, 1), "post.min_score": (0, 1),
     "post.min_size": (0, None),
 }
