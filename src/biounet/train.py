@@ -13,6 +13,7 @@ business (:mod:`biounet.tasks`); the loop never asks what kind of run it is.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -249,10 +250,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if should_stop(run):
             log.info("early stop: no improvement of %s for %d validations", run.task.metric, run.stale)
             break
-    result = finish(run.run_dir, cfg, run.val_items, run.holdout_items) if run.main else {}
     if run.world > 1:
-        torch.distributed.destroy_process_group()
-    return result
+        _leave_group(run)
+    return finish(run.run_dir, cfg, run.val_items, run.holdout_items) if run.main else {}
 
 
 def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
@@ -518,6 +518,16 @@ def _ddp() -> tuple[int, int]:
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
+
+
+def _leave_group(run: Run) -> None:
+    """Every rank waits for the others, drops its DDP wrapper (which holds the process group) and
+    destroys the group, before rank 0 tunes alone. A group still held by DDP when the interpreter
+    exits can abort the process in gloo's threads ("terminate called without an active exception")."""
+    torch.distributed.barrier()
+    run.net = run.model
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def _device(rank: int) -> torch.device:
