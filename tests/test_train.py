@@ -41,14 +41,15 @@ def test_train_writes_a_self_describing_run_folder(stack_files, tmp_path):
     assert mask.shape == (37, 53) and set(np.unique(mask)) <= {0, 255}
 
 
-def test_resume_continues_exactly(stack_files, tmp_path):
+@pytest.mark.parametrize("ema,key", [(0.0, "model"), (0.9, "ema")])  # the live weights; the moving average
+def test_resume_continues_exactly(stack_files, tmp_path, ema, key):
     # constant LR so that the interrupted run (epochs=1) and the full run share a schedule
-    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.schedule": "none"})
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.schedule": "none", "train.ema": ema})
     train(cfg, tmp_path / "straight", progress=False)
     train(apply_overrides(cfg, ["train.epochs=1"]), tmp_path / "resumed", progress=False)
     train(cfg, tmp_path / "resumed", resume=True, progress=False)
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)[key]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)[key]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in read_history(tmp_path / "resumed")] == [1, 2]
 
@@ -359,14 +360,8 @@ def test_ema_keeps_and_ships_the_moving_average_of_the_weights(stack_files, tmp_
     assert any(not torch.equal(shipped[k].float(), w2[k]) for k in floats)  # not the live weights
 
 
-def test_resume_continues_the_moving_average_exactly(stack_files, tmp_path):
-    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.schedule": "none", "train.ema": 0.9})
-    train(cfg, tmp_path / "straight", progress=False)
-    train(apply_overrides(cfg, ["train.epochs=1"]), tmp_path / "resumed", progress=False)
-    train(cfg, tmp_path / "resumed", resume=True, progress=False)
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["ema"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["ema"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(InputError, match="without train.ema"):  # a run trained without it cannot grow one
-        train(apply_overrides(cfg, ["train.ema=0"]), tmp_path / "plain", progress=False)
+def test_resuming_a_run_trained_without_a_moving_average_with_one_is_refused(stack_files, tmp_path):
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.ema": 0.9})
+    train(apply_overrides(cfg, ["train.ema=0", "train.epochs=1"]), tmp_path / "plain", progress=False)
+    with pytest.raises(InputError, match="without train.ema"):
         train(cfg, tmp_path / "plain", resume=True, progress=False)
