@@ -358,6 +358,8 @@ def test_ema_keeps_and_ships_the_moving_average_of_the_weights(stack_files, tmp_
         torch.testing.assert_close(ema["module." + k], d * w1[k] + (1 - d) * w2[k])
         torch.testing.assert_close(shipped[k].float(), ema["module." + k])
     assert any(not torch.equal(shipped[k].float(), w2[k]) for k in floats)  # not the live weights
+    counts = [k for k in w1 if k not in floats]  # batch-norm step counts: the live ones, not averaged
+    assert counts and all(torch.equal(ema["module." + k], w2[k]) for k in counts)
 
 
 def test_resuming_a_run_trained_without_a_moving_average_with_one_is_refused(stack_files, tmp_path):

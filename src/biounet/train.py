@@ -186,7 +186,7 @@ def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
     ema = None if not cfg.train.ema else torch.optim.swa_utils.AveragedModel(  # batch-norm statistics averaged too
-        model, avg_fn=ema_step(cfg.train.ema), use_buffers=True)
+        model, multi_avg_fn=ema_step(cfg.train.ema), use_buffers=True)
     loader = None if dataset is None else DataLoader(
         dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
@@ -207,9 +207,13 @@ def ema_step(decay: float):
     0.995 still weighs the initial weights and batch-norm variances (1.0, where trained ones are ~0.01)
     0.7 % after 1000 steps (seen on the DSB quick config: validation 0.38 against 0.46 at its last epoch).
     """
-    def update(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return avg * d + new * (1.0 - d)
+    def update(avg: list[torch.Tensor], new: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # one read of n per step and device, not per tensor
+        for a, b in zip(avg, new):
+            if a.is_floating_point():
+                a.lerp_(b, 1.0 - d)  # d * a + (1 - d) * b
+            else:  # batch-norm's step count: copied, not averaged
+                a.copy_(b)
 
     return update
 
