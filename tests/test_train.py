@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from biounet.checkpoint import read_history
-from biounet.io import InputError
 from biounet.config import RunConfig
+from biounet.io import InputError
 from biounet.tasks import apply_overrides
 from biounet.predict import load_model
 from biounet.train import train
@@ -297,7 +297,6 @@ def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_fi
 def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path):
     """The weight map only weighs the loss and dropout acts in training only: a run with them and one
     without average like any two runs."""
-    from biounet.io import InputError
     from biounet.train import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}

@@ -174,7 +174,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
-    "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None), "train.ema": (0, 0.99999),
+    "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),
+    "train.ema": (0, 0.99999),
     "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.seed_h": (0, 1), "post.min_score": (0, 1),
     "post.min_size": (0, None),
 }
