@@ -68,11 +68,22 @@ def test_list_values_become_tuples_and_round_trip():
     ("augment.scale_range=[2, 1]", r"config: augment.scale_range = \[2.0, 1.0\] must be \[lo, hi\] with 0 < lo <= hi"),
     ("augment.scale_range=[0.8]", r"config: augment.scale_range = \[0.8\] must be \[lo, hi\]"),
     ("augment.scale_range=[0, 2]", r"augment.scale_range = \[0.0, 2.0\] must be \[lo, hi\] with 0 < lo"),
+    ("train.swa=0.95", r"config: train.swa = 0.95 must be in \[0, 0.9\]"),
 ])
 def test_values_are_checked_for_type_allowed_value_and_range(override, match):
     with pytest.raises(InputError, match=match) as err:
         apply_overrides(RunConfig(), [override])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.swa=0.25", "train.ema=0.99"], "config: train.swa and train.ema are two ways of averaging the weights"),
+    (["train.swa=0.25", "train.schedule=step"], 'config: train.swa needs train.schedule = "cosine"'),
+])
+def test_weight_averaging_options_that_cannot_work_together_are_refused(overrides, match):
+    with pytest.raises(InputError, match=match):
+        apply_overrides(RunConfig(), overrides)
+    apply_overrides(RunConfig(), overrides[:1])  # either alone is fine
 
 
 def test_numbers_are_converted_where_harmless():

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from biounet.checkpoint import read_history
-from biounet.config import RunConfig
+from biounet.config import RunConfig, TrainConfig
 from biounet.io import InputError
 from biounet.tasks import apply_overrides
 from biounet.predict import load_model
-from biounet.train import train
+from biounet.train import make_optimizer, swa_lr_factor, swa_start, train
 
 
 def tiny_config(images, labels, **extra) -> RunConfig:
@@ -41,10 +41,14 @@ def test_train_writes_a_self_describing_run_folder(stack_files, tmp_path):
     assert mask.shape == (37, 53) and set(np.unique(mask)) <= {0, 255}
 
 
-@pytest.mark.parametrize("ema,key", [(0.0, "model"), (0.9, "ema")])  # the live weights; the moving average
-def test_resume_continues_exactly(stack_files, tmp_path, ema, key):
-    # constant LR so that the interrupted run (epochs=1) and the full run share a schedule
-    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.schedule": "none", "train.ema": ema})
+@pytest.mark.parametrize("extra,key", [  # the live weights; the moving average; the SWA average
+    ({"train.schedule": "none"}, "model"), ({"train.schedule": "none", "train.ema": 0.9}, "ema"),
+    ({"train.swa": 0.9}, "swa"),
+])
+def test_resume_continues_exactly(stack_files, tmp_path, extra, key):
+    # constant LR (swa 0.9 of 2 epochs or of 1: flat from the first) so that the interrupted run (epochs=1)
+    # and the full run share a schedule
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, **extra})
     train(cfg, tmp_path / "straight", progress=False)
     train(apply_overrides(cfg, ["train.epochs=1"]), tmp_path / "resumed", progress=False)
     train(cfg, tmp_path / "resumed", resume=True, progress=False)
@@ -73,6 +77,19 @@ def test_sgd_and_binary_target(stack_files, tmp_path):
                                        "data.foreground": "zero", "train.loss": "bce", "train.schedule": "step"})
     result = train(cfg, tmp_path / "run", progress=False)
     assert "tuned_dice" in result
+
+
+@pytest.mark.parametrize("optimizer,expected", [
+    ("adamw", 0.9 * (1 - 0.1 * 0.5)),  # decoupled: the weight shrinks by lr * weight_decay, whatever the gradient
+    ("adam", 0.9 - 0.1),  # L2 in the gradient: Adam normalises the decay term's gradient to a step of lr
+])
+def test_weight_decay_of_adam_and_adamw(optimizer, expected):
+    cfg = apply_overrides(RunConfig(), [f"train.optimizer={optimizer}", "train.lr=0.1", "train.weight_decay=0.5"])
+    w = torch.nn.Parameter(torch.full((3,), 0.9))
+    opt = make_optimizer(cfg, [w])
+    w.grad = torch.zeros(3)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((3,), expected))
 
 
 def test_a_run_without_validation_images_says_what_it_keeps(stack_files, tmp_path, caplog):
@@ -359,6 +376,37 @@ def test_ema_keeps_and_ships_the_moving_average_of_the_weights(stack_files, tmp_
     assert any(not torch.equal(shipped[k].float(), w2[k]) for k in floats)  # not the live weights
     counts = [k for k in w1 if k not in floats]  # batch-norm step counts: the live ones, not averaged
     assert counts and all(torch.equal(ema["module." + k], w2[k]) for k in counts)
+
+
+def test_swa_keeps_and_ships_the_equal_average_of_the_averaged_epochs_weights(stack_files, tmp_path):
+    # swa 0.9 of 2 epochs: both epochs flat at swa_lr * lr and averaged; one epoch alone gives the first weights
+    one = tiny_config(*stack_files, **{"train.epochs": 1, "train.swa": 0.9, "train.swa_lr": 0.5})
+    two = apply_overrides(one, ["train.epochs=2"])
+    train(one, tmp_path / "one", progress=False)
+    train(two, tmp_path / "two", progress=False)
+    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    state = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    w2, swa = state["model"], state["swa"]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * two.train.lr)
+    floats = [k for k in w1 if w1[k].is_floating_point()]
+    assert floats and "running_var" in " ".join(floats)  # batch-norm statistics are averaged too
+    for k in floats:
+        torch.testing.assert_close(swa["module." + k], (w1[k] + w2[k]) / 2)
+    assert any(not torch.equal(swa["module." + k], w2[k]) for k in floats)  # not the live weights
+    assert all(torch.equal(swa["module." + k], w2[k]) for k in w1 if k not in floats)  # step counts copied
+    # what ships is what validated best: the average of epoch 2, or at epoch 1 the one weights averaged so far
+    best = json.loads((tmp_path / "two" / "metrics.json").read_text())["epoch"]
+    shipped = load_file(tmp_path / "two" / "model.safetensors")
+    for k in floats:
+        torch.testing.assert_close(shipped[k].float(), swa["module." + k] if best == 2 else w1[k])
+
+
+def test_swa_schedule_is_cosine_down_to_its_floor_then_flat():
+    factors = [swa_lr_factor(e, start=swa_start(TrainConfig(epochs=20, swa=0.25)), floor=0.2) for e in range(20)]
+    assert factors[0] == 1.0 and factors[15:] == [0.2] * 5
+    assert all(a > b > 0.2 for a, b in zip(factors[:14], factors[1:15]))
+    assert factors[8] < 0.6 < factors[7]  # the cosine's midpoint, (1 + 0.2) / 2, at epoch 7.5 of 15
+    assert swa_start(TrainConfig(epochs=3, swa=0.01)) == 2  # at least the last epoch is averaged
 
 
 def test_resuming_a_run_trained_without_a_moving_average_with_one_is_refused(stack_files, tmp_path):

@@ -116,9 +116,9 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 4
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # adam and sgd: an L2 term in the gradient; adamw: decoupled (Loshchilov & Hutter)
     momentum: float = 0.99  # SGD only; the paper's value
     schedule: Literal["cosine", "step", "none"] = "cosine"
     loss: Literal["bce", "dice", "bce_dice", "ce", "ce_dice"] = "bce_dice"
@@ -133,6 +133,18 @@ class TrainConfig:
     # > 0: validate, keep and ship an exponential moving average of the weights (this decay per optimiser
     # step, e.g. 0.999: about the last 1000 steps), a free ensemble along the run; 0 = the live weights
     ema: float = 0.0
+    # > 0: stochastic weight averaging over this fraction of the last epochs: the cosine schedule reaches
+    # swa_lr * lr where they begin and stays there, and the equal-weight average of the weights at the end
+    # of each of those epochs is validated, kept and shipped (Izmailov et al. 2018); 0 = off
+    swa: float = 0.0
+    swa_lr: float = 0.2  # the flat learning rate of the averaged epochs, as a fraction of lr
+
+    def __post_init__(self) -> None:
+        if self.swa and self.ema:
+            raise InputError("config: train.swa and train.ema are two ways of averaging the weights; set one")
+        if self.swa and self.schedule != "cosine":
+            raise InputError(f"config: train.swa needs train.schedule = \"cosine\" (it ends that schedule "
+                             f"flat), not \"{self.schedule}\"")
 
 
 @dataclass(frozen=True)
@@ -175,7 +187,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),
     "train.threads": (0, None), "train.val_every": (1, None), "train.class_weights": (0, None),
-    "train.ema": (0, 0.99999),
+    "train.ema": (0, 0.99999), "train.swa": (0, 0.9), "train.swa_lr": (1e-6, 1),
     "post.threshold": (0, 1), "post.seed_threshold": (0, 1), "post.seed_h": (0, 1), "post.min_score": (0, 1),
     "post.min_size": (0, None),
 }

@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .config import RANGES, PostConfig, RunConfig
+from .config import RANGES, PostConfig, RunConfig, TrainConfig
 from .io import InputError
 from .data.dataset import Item, PatchDataset, items_from_config, keep_modalities, split_holdout, split_items
 from .losses import LossFn, get_loss
@@ -52,11 +53,15 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
     t = cfg.train
+    if t.swa:
+        return torch.optim.lr_scheduler.LambdaLR(opt, partial(swa_lr_factor, start=swa_start(t), floor=t.swa_lr))
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs), eta_min=t.lr * 0.02)
     if t.schedule == "step":
@@ -115,7 +120,7 @@ class Run:
     val_items: list[Item]
     holdout_items: list[Item] = dataclasses.field(default_factory=list)
     writer: Any = None  # TensorBoard, when installed
-    ema: torch.optim.swa_utils.AveragedModel | None = None  # train.ema > 0: the averaged weights
+    average: torch.optim.swa_utils.AveragedModel | None = None  # train.ema or train.swa: the averaged weights
     start_epoch: int = 0
     best: float = -math.inf
     stale: int = 0  # validations since the best one
@@ -126,8 +131,9 @@ class Run:
 
     @property
     def kept(self) -> torch.nn.Module:
-        """The weights that are validated and saved: the moving average with ``train.ema``, else the live ones."""
-        return self.model if self.ema is None else self.ema.module
+        """The weights that are validated and saved: the average with ``train.ema`` or ``train.swa`` once it
+        has begun, else the live ones."""
+        return self.model if self.average is None or not int(self.average.n_averaged) else self.average.module
 
     @property
     def use_amp(self) -> bool:
@@ -185,8 +191,8 @@ def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
-    ema = None if not cfg.train.ema else torch.optim.swa_utils.AveragedModel(  # batch-norm statistics averaged too
-        model, multi_avg_fn=ema_step(cfg.train.ema), use_buffers=True)
+    average = None if not (cfg.train.ema or cfg.train.swa) else torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=average_step(cfg.train.ema), use_buffers=True)  # batch-norm statistics averaged too
     loader = None if dataset is None else DataLoader(
         dataset, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True,
         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
@@ -196,19 +202,21 @@ def build_run(cfg: RunConfig, dataset: PatchDataset | None, device: torch.device
         loss_fn=get_loss(cfg.train.loss, cfg.model.out_channels, cfg.train.class_weights),
         opt=opt, sched=make_scheduler(cfg, opt),
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda"),
-        dataset=dataset, loader=loader, val_items=[], ema=ema,
+        dataset=dataset, loader=loader, val_items=[], average=average,
     )
 
 
-def ema_step(decay: float):
-    """The moving-average update for :class:`torch.optim.swa_utils.AveragedModel`, its decay warmed up.
+def average_step(decay: float = 0.0):
+    """The update for :class:`torch.optim.swa_utils.AveragedModel`: a moving average with ``decay`` > 0,
+    else the equal-weight mean of all updates (SWA).
 
-    The decay is min(decay, (1 + n) / (10 + n)) after n updates, as timm's ``ModelEmaV2`` does: a plain
-    0.995 still weighs the initial weights and batch-norm variances (1.0, where trained ones are ~0.01)
-    0.7 % after 1000 steps (seen on the DSB quick config: validation 0.38 against 0.46 at its last epoch).
+    The decay is warmed up, min(decay, (1 + n) / (10 + n)) after n updates, as timm's ``ModelEmaV2`` does:
+    a plain 0.995 still weighs the initial weights and batch-norm variances (1.0, where trained ones are
+    ~0.01) 0.7 % after 1000 steps, enough to pull validation well below the live weights'.
     """
     def update(avg: list[torch.Tensor], new: list[torch.Tensor], n: torch.Tensor) -> None:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # one read of n per step and device, not per tensor
+        n = float(n)  # one read per step and device, not per tensor
+        d = min(decay, (1.0 + n) / (10.0 + n)) if decay else n / (n + 1.0)
         for a, b in zip(avg, new):
             if a.is_floating_point():
                 a.lerp_(b, 1.0 - d)  # d * a + (1 - d) * b
@@ -216,6 +224,18 @@ def ema_step(decay: float):
                 a.copy_(b)
 
     return update
+
+
+def swa_start(t: TrainConfig) -> int:
+    """The first epoch (0-based) of ``train.swa``'s flat, averaged stretch; at least the last epoch."""
+    return t.epochs - max(1, round(t.swa * t.epochs))
+
+
+def swa_lr_factor(epoch: int, start: int, floor: float) -> float:
+    """Learning-rate factor of ``train.swa``: cosine from 1 down to ``floor`` until ``start``, then flat."""
+    if epoch >= start:
+        return floor
+    return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * epoch / start)) / 2.0
 
 
 def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
@@ -271,6 +291,8 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     run.sched.step()
+    if run.cfg.train.swa and epoch >= swa_start(run.cfg.train):
+        run.average.update_parameters(run.model)  # once per epoch, at its end
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": run.opt.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -291,8 +313,8 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.opt)
     run.scaler.update()
-    if run.ema is not None:
-        run.ema.update_parameters(run.model)
+    if run.cfg.train.ema:
+        run.average.update_parameters(run.model)  # once per step
     return loss.item()
 
 
@@ -347,7 +369,7 @@ def save_state(run: Run, epoch: int) -> None:
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "epoch": epoch, "best": run.best, "stale": run.stale, "torch_rng": torch.get_rng_state(),
         "numpy_rng": _numpy_state_to(), "python_rng": list(random.getstate()),
-        **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
+        **({_average_key(run.cfg): run.average.state_dict()} if run.average is not None else {}),
     })
 
 
@@ -355,10 +377,12 @@ def restore_state(run: Run, state: dict) -> None:
     run.model.load_state_dict(state["model"])
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
-    if run.ema is not None:
-        if "ema" not in state:
-            raise InputError(f"{run.run_dir}: this run was trained without train.ema; resume it without, or start anew")
-        run.ema.load_state_dict(state["ema"])
+    if run.average is not None:
+        key = _average_key(run.cfg)
+        if key not in state:
+            raise InputError(f"{run.run_dir}: this run was trained without train.{key}; resume it without, "
+                             "or start anew")
+        run.average.load_state_dict(state[key])
     # --resume --epochs N changes the run's length: stretch the schedule from where it is, never restart it
     if isinstance(run.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
         run.sched.T_max = max(1, run.cfg.train.epochs, state["epoch"] + 1)
@@ -515,6 +539,11 @@ def median_diameter(label_images: list[np.ndarray]) -> float:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _average_key(cfg: RunConfig) -> str:
+    """Where ``last.pt`` keeps the averaged weights: under the option that made them."""
+    return "swa" if cfg.train.swa else "ema"
+
+
 def _ddp() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
