@@ -251,7 +251,7 @@ def test_one_folder_holding_images_and_masks_is_image_mask_folders(tmp_path):
     root = tmp_path / "set"
     (root / "images").mkdir(parents=True)
     assert image_mask_folders(root) is None and guess_kind(root) is None
-    with pytest.raises(InputError, match=r"set: image folders need data.labels .*images/ and a masks/ folder"):
+    with pytest.raises(InputError, match=r"set: a folder of images needs --labels \(data.labels\).*\(or holds images/ and masks/"):
         items_from_config(DataConfig(kind="folders", images=str(root)))
     (root / "labels").mkdir()
     for name in ("a", "b"):

@@ -288,12 +288,6 @@ def train(
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     cfg = _run(apply_overrides, cfg, overrides)
-    if data is not None and Path(data).is_dir() and not cfg.data.labels and cfg.data.kind not in ("dsb", "coco"):
-        from .data.dataset import image_mask_folders
-
-        if image_mask_folders(data) is None:
-            _fail(f"{data}: a folder of images needs --labels, a folder of masks named after them "
-                  "(or holds images/ and masks/; or give a DSB folder: <id>/images/<id>.png with <id>/masks/*.png)")
     from .train import train as run_training
 
     try:
