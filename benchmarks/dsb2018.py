@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from _report import markdown_table, training_minutes
-    from biounet.checkpoint import read_history, resolve_model, unseen_images, validation_names
+    from biounet.checkpoint import read_history, read_metrics, resolve_model, unseen_images, validation_names
     from biounet.tasks import apply_overrides
     from biounet.data.dataset import items_from_config, items_named, modality
     from biounet.data.dsb import load_dsb_pair
@@ -116,18 +116,25 @@ def main() -> None:
     print("\nDSB score by modality (biounet, no TTA): " + ", ".join(
         f"{k}: {np.mean(v):.3f} over {len(v)} images" for k, v in sorted(by_kind.items())))
     scored = [h for h in read_history(resolve_model(model)) if "val_dsb" in h]
+    metrics = read_metrics(resolve_model(model))
+    validation = {  # the run's own validation figures, so a row that quotes them can be checked against this file
+        **({"tuned_dsb": metrics["tuned_dsb"], "kept_epoch": metrics.get("epoch")} if "tuned_dsb" in metrics else {}),
+        **({"last_epoch": scored[-1]["epoch"], "last_val_dsb": scored[-1]["val_dsb"]} if scored else {}),
+    }
     if scored:
         # Free of selection: the last epoch, at the config's fixed thresholds (not the tuned ones).
         best = max(scored, key=lambda h: h["val_dsb"])
         print(f"\nvalidation DSB during training at the config's own thresholds (history.jsonl): "
               f"last epoch ({scored[-1]['epoch']}) {scored[-1]['val_dsb']:.4f}, "
               f"best epoch ({best['epoch']}, shipped) {best['val_dsb']:.4f}")
+    if "tuned_dsb" in validation:
+        print(f"validation DSB with the thresholds tuned on it (metrics.json): {validation['tuned_dsb']:.4f}")
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction + post-processing: {seconds / len(val):.2f} s per image")
     if args.json:
         args.json.write_text(json.dumps({"split": split, "n_images": len(val), "results": rows,
                                          "by_modality": {k: float(np.mean(v)) for k, v in by_kind.items()},
-                                         "train_minutes": train_min}, indent=2))
+                                         "train_minutes": train_min, "validation": validation}, indent=2))
 
 
 if __name__ == "__main__":
