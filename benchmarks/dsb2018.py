@@ -118,7 +118,8 @@ def main() -> None:
     scored = [h for h in read_history(resolve_model(model)) if "val_dsb" in h]
     metrics = read_metrics(resolve_model(model))
     validation = {  # the run's own validation figures, so a row that quotes them can be checked against this file
-        **({"tuned_dsb": metrics["tuned_dsb"], "kept_epoch": metrics.get("epoch")} if "tuned_dsb" in metrics else {}),
+        **({"tuned_dsb": metrics["tuned_dsb"]} if "tuned_dsb" in metrics else {}),
+        **({"kept_epoch": metrics["epoch"]} if "epoch" in metrics else {}),  # an ensemble has none
         **({"last_epoch": scored[-1]["epoch"], "last_val_dsb": scored[-1]["val_dsb"]} if scored else {}),
     }
     if scored:
