@@ -199,15 +199,15 @@ def items_from_config(cfg: DataConfig) -> list[Item]:
     if not cfg.images:
         raise InputError("data.images is not set (give --data or set it in the config)")
     channel = cfg.channel if cfg.channel >= 0 else None
-    pair = (cfg.images, cfg.labels) if cfg.labels else image_mask_folders(cfg.images)
-    # a folder without masks, whether taken for image folders or (a stack is one file) for a stack
-    if pair is None and (cfg.kind == "folders" or (cfg.kind == "stack" and Path(cfg.images).is_dir())):
-        raise InputError(f"{cfg.images}: a folder of images needs --labels (data.labels), a folder of masks named "
-                         "after them (or holds images/ and masks/; or give a DSB folder: <id>/images/<id>.png with "
-                         "<id>/masks/*.png)")
-    if cfg.kind == "stack":
-        return stack_items(cfg.images, cfg.labels, channel)
-    if cfg.kind == "folders":
+    if cfg.kind in ("stack", "folders"):
+        pair = (cfg.images, cfg.labels) if cfg.labels else image_mask_folders(cfg.images)
+        # a folder without masks, whether taken for image folders or (a stack is one file) for a stack
+        if pair is None and (cfg.kind == "folders" or Path(cfg.images).is_dir()):
+            raise InputError(f"{cfg.images}: a folder of images needs --labels (data.labels), a folder of masks "
+                             "named after them (or holds images/ and masks/; or give a DSB folder: "
+                             "<id>/images/<id>.png with <id>/masks/*.png)")
+        if cfg.kind == "stack":
+            return stack_items(cfg.images, cfg.labels, channel)
         items = folder_items(*pair)
     elif cfg.kind == "dsb":
         items = dsb_items(cfg.images)
