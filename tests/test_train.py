@@ -409,8 +409,9 @@ def test_swa_schedule_is_cosine_down_to_its_floor_then_flat():
     assert swa_start(TrainConfig(epochs=3, swa=0.01)) == 2  # at least the last epoch is averaged
 
 
-def test_resuming_a_run_trained_without_a_moving_average_with_one_is_refused(stack_files, tmp_path):
-    cfg = tiny_config(*stack_files, **{"train.epochs": 2, "train.ema": 0.9})
-    train(apply_overrides(cfg, ["train.ema=0", "train.epochs=1"]), tmp_path / "plain", progress=False)
-    with pytest.raises(InputError, match="without train.ema"):
+@pytest.mark.parametrize("key, value", [("ema", 0.9), ("swa", 0.5)])
+def test_resuming_a_run_trained_without_an_average_with_one_is_refused(stack_files, tmp_path, key, value):
+    cfg = tiny_config(*stack_files, **{"train.epochs": 2, f"train.{key}": value})
+    train(apply_overrides(cfg, [f"train.{key}=0", "train.epochs=1"]), tmp_path / "plain", progress=False)
+    with pytest.raises(InputError, match=f"without train.{key}"):
         train(cfg, tmp_path / "plain", resume=True, progress=False)
