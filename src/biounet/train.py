@@ -374,14 +374,16 @@ def save_state(run: Run, epoch: int) -> None:
 
 
 def restore_state(run: Run, state: dict) -> None:
-    key = _average_key(run.cfg)
-    if run.average is not None and key not in state:  # checked first: a plain run's schedule does not load into SWA's
-        raise InputError(f"{run.run_dir}: this run was trained without train.{key}; resume it without, "
-                         "or start anew")
+    # checked first: one kind of run's schedule does not load into another's, and an average must not be lost
+    key = _average_key(run.cfg) if run.average is not None else None
+    saved = next((k for k in ("ema", "swa") if k in state), None)
+    if saved != key:
+        had = f"with train.{saved}" if saved else f"without train.{key}"
+        raise InputError(f"{run.run_dir}: this run was trained {had}; resume it as it was trained, or start anew")
     run.model.load_state_dict(state["model"])
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
-    if run.average is not None:
+    if key is not None:
         run.average.load_state_dict(state[key])
     # --resume --epochs N changes the run's length: stretch the schedule from where it is, never restart it
     if isinstance(run.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
