@@ -1,5 +1,7 @@
 """Training end to end on tiny synthetic stacks: run folder, resume, reload."""
+import io
 import json
+import sys
 from unittest.mock import patch
 
 import numpy as np
@@ -39,6 +41,20 @@ def test_train_writes_a_self_describing_run_folder(stack_files, tmp_path):
     assert prob.shape == (37, 53) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
     mask = seg.segment(img)
     assert mask.shape == (37, 53) and set(np.unique(mask)) <= {0, 255}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_go_to_a_terminal_only(stack_files, tmp_path, monkeypatch, terminal):
+    """``nohup biounet train ... > log``: a bar redrawn 50 times an epoch would fill the log."""
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    train(tiny_config(*stack_files, **{"train.epochs": 1}), tmp_path / "run", progress=True)
+    assert ("epoch 1/1" in err.getvalue()) == terminal
 
 
 @pytest.mark.parametrize("extra,key", [  # the live weights; the moving average; the SWA average

@@ -166,7 +166,8 @@ def predict(
     from tqdm.auto import tqdm
 
     failed: list[str] = []
-    for path in tqdm(mine, desc="images", disable=len(mine) < 2 or rank > 0):
+    # a bar on a terminal only (disable=None): redirected to a log, it would fill it
+    for path in tqdm(mine, desc="images", disable=True if len(mine) < 2 or rank > 0 else None):
         try:
             written = predict_file(seg, path, out, opts, channel)
         except InputError as exc:  # one bad file does not stop the batch

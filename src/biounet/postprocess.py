@@ -376,7 +376,7 @@ def label_blockwise(
         out = np.zeros((height, width), np.int32)
     next_id = 1
     corners = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
-    for y, x in tqdm(corners, unit="block", disable=not progress, leave=False):
+    for y, x in tqdm(corners, unit="block", disable=None if progress else True, leave=False):
         wy0, wx0 = max(0, y - halo), max(0, x - halo)
         wy1, wx1 = min(height, y + block + halo), min(width, x + block + halo)
         labels = np.asarray(label_fn(np.asarray(image[..., wy0:wy1, wx0:wx1])))

@@ -345,7 +345,8 @@ def predict_tiled(
 
     buf = np.empty((min(cfg.batch_size, len(tiles)), img.shape[0], size, size), np.float32)
     batch_t = torch.from_numpy(buf)
-    with torch.inference_mode(), tqdm(total=len(tiles), unit="tile", disable=not progress, leave=False) as bar:
+    bar_off = None if progress else True  # None: a bar on a terminal only
+    with torch.inference_mode(), tqdm(total=len(tiles), unit="tile", disable=bar_off, leave=False) as bar:
         for b0 in range(0, len(tiles), len(buf)):
             batch = tiles[b0 : b0 + len(buf)]
             for k, (i, j) in enumerate(batch):

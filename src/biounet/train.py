@@ -598,11 +598,12 @@ def _to_tuple(x):
 
 
 def _progress(iterable, desc: str, enabled: bool):
+    """A bar on a terminal only: redirected to a log (``nohup ... > log``), the epoch lines say it all."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 def _tensorboard(run_dir: Path):
