@@ -83,3 +83,35 @@ def test_sampler_benchmark_times_every_variant_on_the_same_images(tiny_nuclei, t
     ms = json.loads(out.read_text())["ms_per_patch"]
     assert set(ms) == {"the config as it is", *sampler.VARIANTS} and all(v > 0 for v in ms.values())
     assert res.stdout.count("| ") >= len(ms) + 1  # a table row per variant, under its header
+
+
+def test_time_benchmark_times_both_models_in_turns_and_reports_their_ratio(tiny_nuclei, tmp_path):
+    run, data = tiny_nuclei
+    out = tmp_path / "time.json"
+    # the baseline read from git (HEAD's shipped nuclei model), as the default reads issue #13's
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dsb_time.py"), "--model", str(run), "--data",
+                          str(data), "--baseline-commit", "HEAD", "--rounds", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["n_images"] == 5 and all(len(r) == 2 for r in got["rounds"].values())
+    best = got["seconds_per_image"]
+    assert best == {k: min(v) for k, v in got["rounds"].items()}
+    assert np.isclose(got["ratio"], best["model"] / best["baseline"])
+    assert f"ratio: {got['ratio']:.2f}x" in res.stdout
+
+
+def test_time_benchmark_extracts_the_shipped_model_as_committed(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dsb_time", ROOT / "benchmarks" / "dsb_time.py")
+    dsb_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dsb_time)
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout: there is no history to read a model from")
+    got = dsb_time.extract_model("HEAD", tmp_path / "m")
+    shipped = ROOT / dsb_time.WEIGHTS
+    committed = subprocess.run(["git", "ls-files", dsb_time.WEIGHTS], cwd=ROOT, capture_output=True,
+                               text=True).stdout.split()
+    assert sorted(p.name for p in got.iterdir()) == sorted(Path(p).name for p in committed)
+    assert (got / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
