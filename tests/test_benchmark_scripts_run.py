@@ -115,3 +115,16 @@ def test_time_benchmark_extracts_the_shipped_model_as_committed(tmp_path):
                                text=True).stdout.split()
     assert sorted(p.name for p in got.iterdir()) == sorted(Path(p).name for p in committed)
     assert (got / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+
+
+def test_swapping_a_member_for_itself_changes_no_score(tiny_nuclei, tmp_path):
+    run, data = tiny_nuclei
+    out = tmp_path / "swap.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tried" / "swap_fixed.py"), str(run), str(run),
+                          str(run), "--model", str(run), "--data", str(data), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert set(rows) == {"control", "swapped", "first_alone", "other_alone"}
+    scores = [{k: v for k, v in r.items() if k != "what"} for r in rows.values()]
+    assert all(s == scores[0] for s in scores) and scores[0]["holdout"]["n_images"] == 5
