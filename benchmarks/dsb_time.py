@@ -29,12 +29,17 @@ ISSUE_13_COMMIT = "6e14c87^"  # the last commit before the nuclei model left bas
 def extract_model(commit: str, into: Path) -> Path:
     """Write the shipped nuclei model's files as they were at ``commit`` into ``into``; return it."""
     into.mkdir(parents=True, exist_ok=True)
-    names = subprocess.run(["git", "ls-tree", "--name-only", f"{commit}:{WEIGHTS}"], cwd=ROOT,
-                           check=True, capture_output=True, text=True).stdout.split()
-    for name in names:
-        blob = subprocess.run(["git", "show", f"{commit}:{WEIGHTS}/{name}"], cwd=ROOT,
-                              check=True, capture_output=True).stdout
-        (into / name).write_bytes(blob)
+    try:
+        names = subprocess.run(["git", "ls-tree", "--name-only", f"{commit}:{WEIGHTS}"], cwd=ROOT,
+                               check=True, capture_output=True, text=True).stdout.split()
+        for name in names:
+            blob = subprocess.run(["git", "show", f"{commit}:{WEIGHTS}/{name}"], cwd=ROOT,
+                                  check=True, capture_output=True).stdout
+            (into / name).write_bytes(blob)
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines()
+        raise SystemExit(f"cannot read {WEIGHTS} at commit {commit} from git ({detail[-1] if detail else e}); "
+                         f"pass the baseline as --baseline FOLDER") from None
     return into
 
 

@@ -128,3 +128,10 @@ def test_swapping_a_member_for_itself_changes_no_score(tiny_nuclei, tmp_path):
     assert set(rows) == {"control", "swapped", "first_alone", "other_alone"}
     scores = [{k: v for k, v in r.items() if k != "what"} for r in rows.values()]
     assert all(s == scores[0] for s in scores) and scores[0]["holdout"]["n_images"] == 5
+
+
+def test_time_benchmark_names_a_commit_it_cannot_read(tiny_nuclei):
+    run, data = tiny_nuclei
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dsb_time.py"), "--model", str(run), "--data",
+                          str(data), "--baseline-commit", "no-such-commit"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "at commit no-such-commit" in res.stderr and "Traceback" not in res.stderr
