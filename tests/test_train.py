@@ -116,6 +116,17 @@ def test_a_run_without_validation_images_says_what_it_keeps(stack_files, tmp_pat
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+def test_a_run_without_validation_images_still_scores_its_held_out_ones(stack_files, tmp_path):
+    """Training on everything but the held-out images (data.val_fraction = 0) must not lose their score."""
+    cfg = tiny_config(*stack_files, **{"train.epochs": 1, "data.val_indices": "[]", "data.val_fraction": 0,
+                                       "data.holdout_fraction": 0.25, "post.threshold": 0.3})
+    result = train(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["holdout_items"]) == 1 and "holdout_v_rand" in metrics and "tuned_v_rand" not in metrics
+    assert result["holdout_v_rand"] == metrics["holdout_v_rand"]
+    assert metrics["post"]["threshold"] == 0.3 == json.loads((tmp_path / "run" / "thresholds.json").read_text())["threshold"]
+
+
 def test_init_weights_starts_from_another_run(stack_files, tmp_path):
     first = tiny_config(*stack_files, **{"train.epochs": 1})
     train(first, tmp_path / "a", progress=False)

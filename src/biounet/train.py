@@ -406,19 +406,21 @@ def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: 
     from .predict import load_model
 
     seg = load_model(run_dir)
-    if not val_items:
-        checkpoint.save_post(run_dir, cfg.post)
-        return {}
     task = get_task(cfg)
-    preds = predict_items(seg, val_items)
-    post, scores = tune_post(task, preds, cfg.post)
-    checkpoint.save_post(run_dir, post)
     metrics = checkpoint.read_metrics(run_dir)
-    metrics.update({"tuned_" + k: v for k, v in scores.items()})
+    if val_items:
+        preds = predict_items(seg, val_items)
+        post, scores = tune_post(task, preds, cfg.post)
+        metrics.update({"tuned_" + k: v for k, v in scores.items()})
+        if task.instances:
+            metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
+        metrics["val_items"] = [it.name for it in val_items]
+    else:  # nothing to tune on: the config's post-processing, and the held-out images still scored with it
+        post = cfg.post
+    checkpoint.save_post(run_dir, post)
+    if not val_items and not holdout_items:
+        return {}
     metrics["post"] = dataclasses.asdict(post)
-    if task.instances:
-        metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
-    metrics["val_items"] = [it.name for it in val_items]
     if holdout_items:
         held = score_predictions(task, predict_items(seg, holdout_items), post)
         metrics.update({"holdout_" + k: v for k, v in held.items()})
