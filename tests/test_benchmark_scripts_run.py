@@ -128,6 +128,7 @@ def test_swapping_a_member_for_itself_changes_no_score(tiny_nuclei, tmp_path):
     assert set(rows) == {"control", "swapped", "first_alone", "other_alone"}
     scores = [{k: v for k, v in r.items() if k != "what"} for r in rows.values()]
     assert all(s == scores[0] for s in scores) and scores[0]["holdout"]["n_images"] == 5
+    assert all(p == {"mean": 0.0, "ci95": [0.0, 0.0]} for p in json.loads(out.read_text())["paired"].values())
 
 
 def test_time_benchmark_names_a_commit_it_cannot_read(tiny_nuclei):

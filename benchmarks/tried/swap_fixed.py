@@ -10,7 +10,8 @@ members' probabilities are averaged with equal votes (as `biounet ensemble` does
 post-processing stored in ``--model`` (the shipped three's, tuned on validation before this network
 existed). Printed, each on the held-out images, per modality: the members as shipped (the control), the
 new network in the first member's place, and the first member and the new network alone (both at that
-same post-processing, which was tuned for the three, so neither alone is at its best).
+same post-processing, which was tuned for the three, so neither alone is at its best), and the paired
+bootstrap interval of the swapped three against the control and of the two networks alone.
 """
 from __future__ import annotations
 
@@ -33,11 +34,13 @@ def score(task, post, probs: dict[str, np.ndarray], truths: dict, kinds: dict) -
     by: dict[str, list[float]] = {}
     for r in per:
         by.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
-    return {"holdout": summary, "holdout_by_modality": {k: float(np.mean(v)) for k, v in sorted(by.items())}}
+    return {"holdout": summary, "holdout_by_modality": {k: float(np.mean(v)) for k, v in sorted(by.items())},
+            "per_image": {r["name"]: r["dsb_score"] for r in per}}
 
 
 def main() -> None:
     from _report import DSB_ZIP, MODALITY_NAMES
+    from dsb_compare import paired_bootstrap
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("other", help="run folder of the new network (same held-out images)")
@@ -84,9 +87,18 @@ def main() -> None:
         s = r["holdout"]
         print(f"{r['what']}: DSB {s['dsb_score']:.4f}, AP@0.5 {s['ap50']:.4f}, AP@0.75 {s['ap75']:.4f}; "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["holdout_by_modality"].items()))
+    pairs = {}  # paired bootstrap over the held-out images, as benchmarks/dsb_compare.py does for two models
+    for key, (a, b) in {"swapped_vs_control": ("control", "swapped"),
+                        "other_vs_first_alone": ("first_alone", "other_alone")}.items():
+        names = sorted(truths)
+        mean, lo, hi = paired_bootstrap(np.array([results[a]["per_image"][n] for n in names]),
+                                        np.array([results[b]["per_image"][n] for n in names]))
+        pairs[key] = {"mean": mean, "ci95": [lo, hi]}
+        print(f"{results[b]['what']} - {results[a]['what']}: {mean:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}]")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "other": args.other, "members": args.members,
-                                         "post": ens.post.__dict__, "results": results}, indent=2, default=str))
+                                         "post": ens.post.__dict__, "results": results, "paired": pairs},
+                                        indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -398,7 +398,7 @@ def restore_state(run: Run, state: dict) -> None:
 
 # ---- after training -----------------------------------------------------------------
 def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: list[Item] = ()) -> dict:
-    """Reload the best weights, tune post-processing on validation, save thresholds + metrics.
+    """Reload the best weights, tune post-processing on validation (none: the config's), save thresholds + metrics.
 
     Held-out images are scored last, with the epoch and post-processing the
     validation images chose: ``holdout_*`` is the selection-free score.
