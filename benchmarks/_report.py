@@ -61,6 +61,16 @@ def training_minutes(model_dir: Path) -> tuple[int, float]:
     return (epochs, minutes) if epochs else (0, float("nan"))
 
 
+def modality_means(per_image: list[dict], kinds: dict[str, str]) -> dict[str, float]:
+    """Mean per-image DSB score of each modality (``kinds``: image name -> modality), sorted by modality."""
+    import numpy as np
+
+    by: dict[str, list[float]] = {}
+    for r in per_image:
+        by.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
+    return {k: float(np.mean(v)) for k, v in sorted(by.items())}
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def fmt(v) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)

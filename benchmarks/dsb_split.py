@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--shape-h", type=float, default=2.0, help="eager cut fallback: distance-transform h-maxima, px")
     args = ap.parse_args()
 
-    from _report import markdown_table
+    from _report import markdown_table, modality_means
     from biounet.metrics.instance import dsb_score, evaluate_instances
     from biounet.predict import load_model
     from biounet.postprocess import segment
@@ -200,10 +200,7 @@ def main() -> None:
             triples.append((r[0], r[2], lab))
             kinds[r[0]] = r[1]
         summary, per = evaluate_instances(triples)
-        by = {}
-        for q in per:
-            by.setdefault(kinds[q["name"]], []).append(q["dsb_score"])
-        return summary, {k: float(np.mean(v)) for k, v in sorted(by.items())}
+        return summary, modality_means(per, kinds)
 
     # decision threshold picked on validation
     levels = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

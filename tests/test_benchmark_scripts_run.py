@@ -136,3 +136,15 @@ def test_time_benchmark_names_a_commit_it_cannot_read(tiny_nuclei):
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dsb_time.py"), "--model", str(run), "--data",
                           str(data), "--baseline-commit", "no-such-commit"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "at commit no-such-commit" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_swap_rows_average_the_members_with_the_new_network_in_the_first_ones_place():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("swap_fixed", ROOT / "benchmarks" / "tried" / "swap_fixed.py")
+    swap_fixed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(swap_fixed)
+    probs = {f: {"im": np.full((2, 2), v)} for f, v in (("a", 0.1), ("b", 0.4), ("c", 0.7), ("new", 1.0))}
+    rows = swap_fixed.swap_rows(probs, "new", ["a", "b", "c"])
+    expected = {"control": 0.4, "swapped": 0.7, "first_alone": 0.1, "other_alone": 1.0}  # (.1+.4+.7)/3, (1+.4+.7)/3
+    assert {k: float(r["im"][0, 0]) for k, r in rows.items()} == pytest.approx(expected)

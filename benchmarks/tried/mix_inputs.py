@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    from _report import modality_means
     from dsb_split import cached_predictions
     from biounet.checkpoint import resolve_model, unseen_images, validation_names
     from biounet.data.dataset import items_from_config
@@ -58,11 +59,8 @@ def main() -> None:
         mix = {n: (1 - w) * p.astype(np.float32) + w * theirs[n] for part in data.values() for n, p, _, _ in part}
         post, val = tune_post(task, [(n, mix[n], t) for n, _, t, _ in data["val"]], base.post)
         summary, per = evaluate_instances([(n, t, task.segment(mix[n], post)) for n, _, t, _ in data["held"]])
-        by: dict[str, list[float]] = {}
-        for r in per:
-            by.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
         results[w] = {"validation": val["dsb"], "holdout": summary, "post": post.__dict__,
-                      "holdout_by_modality": {k: float(np.mean(v)) for k, v in sorted(by.items())}}
+                      "holdout_by_modality": modality_means(per, kinds)}
         print(f"w = {w}: validation {val['dsb']:.4f}, held-out {summary['dsb_score']:.4f} "
               f"(AP@0.5 {summary['ap50']:.4f}, AP@0.75 {summary['ap75']:.4f}), "
               + ", ".join(f"{k} {v:.3f}" for k, v in results[w]["holdout_by_modality"].items()))

@@ -26,15 +26,25 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def swap_rows(probs: dict[str, dict[str, np.ndarray]], other: str, members: list[str]) -> dict:
+    """The four compared probability sets, each {image: probabilities}, keyed by row.
+
+    ``probs[folder][image]`` holds each network's probabilities; an ensemble's are its members' mean.
+    """
+    def mean_of(folders: list[str]) -> dict[str, np.ndarray]:
+        return {n: np.mean([probs[f][n] for f in folders], axis=0) for n in probs[members[0]]}
+
+    return {"control": mean_of(members), "swapped": mean_of([other, *members[1:]]),
+            "first_alone": probs[members[0]], "other_alone": probs[other]}
+
+
 def score(task, post, probs: dict[str, np.ndarray], truths: dict, kinds: dict) -> dict:
-    """Held-out DSB summary and per-modality means of ``probs`` segmented with ``post``."""
+    """Held-out DSB summary, per-modality and per-image scores of ``probs`` segmented with ``post``."""
+    from _report import modality_means
     from biounet.metrics.instance import evaluate_instances
 
     summary, per = evaluate_instances([(n, truths[n], task.segment(p, post)) for n, p in probs.items()])
-    by: dict[str, list[float]] = {}
-    for r in per:
-        by.setdefault(kinds[r["name"]], []).append(r["dsb_score"])
-    return {"holdout": summary, "holdout_by_modality": {k: float(np.mean(v)) for k, v in sorted(by.items())},
+    return {"holdout": summary, "holdout_by_modality": modality_means(per, kinds),
             "per_image": {r["name"]: r["dsb_score"] for r in per}}
 
 
@@ -71,17 +81,11 @@ def main() -> None:
         for f, seg in nets.items():
             probs[f][item.name] = seg.predict_prepared(seg.view(img, item.name)).astype(np.float32)
 
-    def mean_of(folders: list[str]) -> dict[str, np.ndarray]:
-        return {n: np.mean([probs[f][n] for f in folders], axis=0) for n in truths}
-
-    first, rest = args.members[0], args.members[1:]
-    rows = {  # key: (what it is, probabilities)
-        "control": ("the members as shipped", mean_of(args.members)),
-        "swapped": (f"{args.other} in {first}'s place", mean_of([args.other, *rest])),
-        "first_alone": (f"{first} alone", probs[first]),
-        "other_alone": (f"{args.other} alone", probs[args.other]),
-    }
-    results = {key: {"what": what, **score(task, ens.post, p, truths, kinds)} for key, (what, p) in rows.items()}
+    first = args.members[0]
+    what = {"control": "the members as shipped", "swapped": f"{args.other} in {first}'s place",
+            "first_alone": f"{first} alone", "other_alone": f"{args.other} alone"}
+    results = {key: {"what": what[key], **score(task, ens.post, p, truths, kinds)}
+               for key, p in swap_rows(probs, args.other, args.members).items()}
     print(f"{len(truths)} held-out images, post-processing of {args.model} (not tuned): {ens.post}")
     for r in results.values():
         s = r["holdout"]
