@@ -52,6 +52,7 @@ def tiny_nuclei(tmp_path_factory) -> tuple[Path, Path]:
     ("dsb_scale.py", ["--factors", "1", "2"], "rule_by_ratio"),
     ("tried/modality_post.py", [], "per_modality"),
     ("tried/colour_gamma.py", ["--gammas", "1,0.5"], "holdout"),
+    ("tried/colour_inputs.py", [], "by_modality"),
 ])
 def test_script_runs_on_a_run_with_held_out_images(tiny_nuclei, tmp_path, script, extra, key):
     run, data = tiny_nuclei
@@ -148,3 +149,33 @@ def test_swap_rows_average_the_members_with_the_new_network_in_the_first_ones_pl
     rows = swap_fixed.swap_rows(probs, "new", ["a", "b", "c"])
     expected = {"control": 0.4, "swapped": 0.7, "first_alone": 0.1, "other_alone": 1.0}  # (.1+.4+.7)/3, (1+.4+.7)/3
     assert {k: float(r["im"][0, 0]) for k, r in rows.items()} == pytest.approx(expected)
+
+
+def _tried(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "tried" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pixel_auc_counts_the_pairs_a_nucleus_pixel_wins():
+    colour_inputs = _tried("colour_inputs")
+    truth = np.array([False, True, False, True])
+    # nucleus pixels 2 and 4 against others 1 and 3: 2>1, 2<3, 4>1, 4>3 -> 3 of 4 pairs
+    assert colour_inputs.pixel_auc(np.array([1.0, 2, 3, 4]), truth) == pytest.approx(0.75)
+    assert colour_inputs.pixel_auc(np.array([4.0, 3, 2, 1]), truth) == pytest.approx(0.25)
+    assert colour_inputs.pixel_auc(np.array([1.0, 1]), np.array([True, False])) == pytest.approx(0.5)  # a tie: half
+
+
+def test_the_fisher_input_finds_a_difference_no_single_channel_shows():
+    colour_inputs = _tried("colour_inputs")
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.3
+    # nuclei: red and green up by the same amount as blue goes down, so gray is flat and red alone overlaps
+    base = rng.normal(120, 12, (4000, 1)) + rng.normal(0, 2, (4000, 3))
+    rgb = base + np.where(truth[:, None], [6.0, 6.0, -12.0], 0.0)
+    scores = colour_inputs.input_scores(rgb, truth, dark=True)
+    assert abs(scores["gray"] - 0.5) < 0.05 and scores["red"] < 0.75
+    assert scores["best linear"] > 0.99
