@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 INPUTS = ("red", "gray", "H", "best linear")
-PIXELS = 20000  # sampled per image: the AUC of 20000 pixels is within ~0.002 of all of them
+PIXELS = 20000  # sampled per image: on 12 stained images their AUC was within 0.0021 of all pixels'
 
 
 def pixel_auc(score: np.ndarray, truth: np.ndarray) -> float:
