@@ -179,3 +179,63 @@ def test_the_fisher_input_finds_a_difference_no_single_channel_shows():
     scores = colour_inputs.input_scores(rgb, truth, dark=True)
     assert abs(scores["gray"] - 0.5) < 0.05 and scores["red"] < 0.75
     assert scores["best linear"] > 0.99
+
+
+def _touching_disks() -> np.ndarray:
+    """Two disks of radius 10 whose centres are 19 px apart: they share a straight contact, no background between."""
+    from skimage.draw import disk
+
+    lab = np.zeros((64, 64), np.int32)
+    for i, cx in enumerate((22, 41), start=1):
+        rr, cc = disk((32, cx), 10, shape=lab.shape)
+        free = lab[rr, cc] == 0
+        lab[rr[free], cc[free]] = i
+    return lab
+
+
+def test_star_rays_stop_at_a_touching_nucleus_not_at_its_far_side():
+    star_rays = _tried("star_rays")
+    lab = _touching_disks()
+    d = star_rays.star_distances(lab, 32)
+    # from the first disk's centre: 10 px to its outline every way, up to pixel rounding
+    assert np.all(np.abs(d[:, 32, 22] - 10) <= 1)
+    # ray 0 points at +x, into the second disk: it stops at the contact (x 31 | 32), not at x 51
+    assert d[0, 32, 22] == pytest.approx(9.5)
+    assert d[0, 32, 30] == pytest.approx(1.5)  # 1 px inside, the contact half a pixel further
+    assert np.all(d[:, lab == 0] == 0)
+
+
+def test_star_target_dips_between_touching_nuclei_and_its_polygons_give_them_back():
+    from biounet.metrics.instance import dsb_score
+
+    star_rays = _tried("star_rays")
+    lab = _touching_disks()
+    target = star_rays.StarTarget(None, 32).target(lab)
+    prob, dist = target[0], target[1:]
+    assert prob[32, 22] == prob[32, 41] == 1 and prob[32, 31] < 0.2  # peaks at the centres, a dip at the contact
+    out = star_rays.polygons_to_labels(prob, dist, prob_thresh=0.5, overlap=0.4)
+    assert len(np.unique(out)) == 3 and dsb_score(lab, out) == 1.0  # both nuclei back, exactly
+
+
+def test_a_polygon_mostly_on_painted_objects_is_dropped():
+    star_rays = _tried("star_rays")
+    prob = np.zeros((32, 32), np.float32)
+    prob[16, 10], prob[16, 13] = 1.0, 0.9  # two peaks 3 px apart, the second weaker
+    dist = np.zeros((8, 32, 32), np.float32)
+    dist[:, 16, 10] = dist[:, 16, 13] = 6.0  # two discs of radius 6 that overlap by most of their area
+    assert set(np.unique(star_rays.polygons_to_labels(prob, dist, 0.5, overlap=0.4))) == {0, 1}
+    assert set(np.unique(star_rays.polygons_to_labels(prob, dist, 0.5, overlap=0.9))) == {0, 1, 2}
+
+
+def test_star_rays_script_trains_tunes_and_scores_held_out_images(tiny_nuclei, tmp_path):
+    _, data = tiny_nuclei
+    out = tmp_path / "star.json"
+    sets = ["data.holdout_fraction=0.25", "data.val_fraction=0.25", "data.patch_size=32", "data.patches_per_epoch=8",
+            "model.base_features=4", "model.depth=2", "train.epochs=1"]
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tried" / "star_rays.py"), "--out", str(tmp_path / "run"),
+                          "--data", str(data), "--rays", "8", "--json", str(out), *(a for s in sets for a in ("--set", s))],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["holdout"]["n_images"] == 5 and len(result["holdout_images"]) == 5  # a quarter of 20
+    assert (tmp_path / "run" / "star.pt").is_file()
