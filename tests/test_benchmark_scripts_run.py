@@ -259,3 +259,14 @@ def test_mixing_the_star_probability_moves_only_the_interior_channel():
     mixed = star_seeds.mix_interior(probs, star, 0.25)
     assert np.allclose(mixed[1], 0.7) and np.array_equal(mixed[[0, 2]], probs[[0, 2]])  # 0.75 * 0.6 + 0.25 * 1
     assert probs[1, 0, 0] == 0.6  # the input is not changed in place
+
+
+def test_ray_errors_are_measured_at_nucleus_centres_only():
+    star_rays = _tried("star_rays")
+    target = star_rays.StarTarget(None, 8).target(_touching_disks())
+    errors, lengths = star_rays.ray_errors(target[1:], target)
+    assert errors.size == lengths.size > 0 and not errors.any()  # the target itself: no error
+    longer = target[1:] + 2.0 * (target[:1] > 0)  # every ray of every nucleus pixel 2 px too long
+    errors, _ = star_rays.ray_errors(longer, target)
+    assert np.allclose(errors, 2.0)
+    assert lengths.min() > 4  # centres only: no ray there is as short as at an outline

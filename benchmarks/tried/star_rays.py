@@ -137,6 +137,13 @@ def polygons_to_labels(prob: np.ndarray, dist: np.ndarray, prob_thresh: float, o
     return labels
 
 
+def ray_errors(dist: np.ndarray, target: np.ndarray, centre: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """(absolute ray errors, true ray lengths) at the nucleus centres of an image, the pixels whose object
+    probability target is above ``centre``: where the polygons are drawn from."""
+    c = target[0] > centre
+    return np.abs(dist[:, c] - target[1:, c]).ravel(), target[1:, c].ravel()
+
+
 def predict(net, image: np.ndarray, multiple: int, scale: float = DIST_SCALE) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) network input -> (probability (H, W), distances (rays, H, W)), mirror-padded to ``multiple``."""
     import torch
@@ -147,6 +154,36 @@ def predict(net, image: np.ndarray, multiple: int, scale: float = DIST_SCALE) ->
     with torch.inference_mode():
         out = net(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None])[0, :, :h, :w].numpy()
     return 1 / (1 + np.exp(-out[0])), np.maximum(scale * out[1:], 0)
+
+
+def train_star(net, cfg, items: list, rays: int, scale: float) -> list[dict]:
+    """Train ``net`` on patches of ``items`` with :func:`star_loss`, as ``cfg`` trains (optimiser, schedule,
+    epochs, batches); returns one history record per epoch."""
+    from torch.utils.data import DataLoader
+
+    from biounet.data.dataset import PatchDataset
+    from biounet.train import make_optimizer, make_scheduler
+
+    data = PatchDataset(items, StarTarget(cfg, rays))
+    loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
+    opt = make_optimizer(cfg, net.parameters())
+    sched = make_scheduler(cfg, opt)
+    history = []
+    for epoch in range(cfg.train.epochs):
+        t0 = time.perf_counter()
+        data.epoch_seed = cfg.train.seed * 100_003 + epoch
+        net.train()
+        losses = []
+        for batch in loader:
+            loss = star_loss(net(batch["image"]), batch["target"], scale=scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(history[-1]), flush=True)
+    return history
 
 
 def main() -> None:
@@ -160,46 +197,32 @@ def main() -> None:
     ap.add_argument("--dist-scale", type=float, default=DIST_SCALE, help="px per unit of the ray outputs (1: pixels)")
     ap.add_argument("--set", action="append", default=[], help="config override, as biounet train --set")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--eval-only", action="store_true", help="score the network already in --out; train nothing")
     args = ap.parse_args()
 
     import torch
-    from torch.utils.data import DataLoader
 
     from _report import MODALITY_NAMES, modality_means
-    from biounet.data.dataset import PatchDataset, modality
+    from biounet.data.dataset import modality
     from biounet.metrics.instance import dsb_score, evaluate_instances
     from biounet.models.unet import build_model
     from biounet.normalize import network_input
     from biounet.tasks import apply_overrides, load_config
-    from biounet.train import make_optimizer, make_scheduler, seed_everything, split_run
+    from biounet.train import seed_everything, split_run
 
     cfg = apply_overrides(load_config(args.config), [f"data.images={args.data}", *args.set])
     train_items, val_items, held_items = split_run(cfg)
     seed_everything(cfg.train.seed)
     net = build_model(replace(cfg.model, out_channels=1 + args.rays))
-    data = PatchDataset(train_items, StarTarget(cfg, args.rays))
-    loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
-    opt = make_optimizer(cfg, net.parameters())
-    sched = make_scheduler(cfg, opt)
-    args.out.mkdir(parents=True, exist_ok=True)
-    history, t_start = [], time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        t0 = time.perf_counter()
-        data.epoch_seed = cfg.train.seed * 100_003 + epoch
-        net.train()
-        losses = []
-        for batch in loader:
-            loss = star_loss(net(batch["image"]), batch["target"], scale=args.dist_scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        sched.step()
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(history[-1]), flush=True)
-    minutes = (time.perf_counter() - t_start) / 60
-    torch.save(net.state_dict(), args.out / "star.pt")
-    (args.out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    if args.eval_only:
+        net.load_state_dict(torch.load(args.out / "star.pt", weights_only=True))
+        history = [json.loads(line) for line in (args.out / "history.jsonl").read_text().splitlines()]
+    else:
+        history = train_star(net, cfg, train_items, args.rays, args.dist_scale)
+        args.out.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), args.out / "star.pt")
+        (args.out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    minutes = sum(h["seconds"] for h in history) / 60
 
     net.eval()
     multiple = cfg.model.pool_size ** cfg.model.depth
@@ -211,6 +234,10 @@ def main() -> None:
             yield item.name, modality(raw), lab, *predict(net, x, multiple, args.dist_scale)
 
     val = list(maps(val_items))
+    target = StarTarget(cfg, args.rays)
+    errors, lengths = map(np.concatenate, zip(*(ray_errors(d, target.target(lab)) for _, _, lab, _, d in val)))
+    rays_at_centres = {"mean_abs_error_px": float(errors.mean()), "mean_length_px": float(lengths.mean()),
+                       "median_relative_error": float(np.median(errors / np.maximum(lengths, 0.5)))}
     settings = [(p, o) for p in GRID["prob"] for o in GRID["overlap"]]
     val_scores = {s: float(np.mean([dsb_score(lab, polygons_to_labels(p, d, *s)) for _, _, lab, p, d in val]))
                   for s in settings}
@@ -222,6 +249,8 @@ def main() -> None:
     summary, rows = evaluate_instances(pairs)
     held = summary["dsb_score"]
     by = modality_means(rows, kinds)
+    print("rays at the validation nuclei's centres: off by {mean_abs_error_px:.2f} px of {mean_length_px:.2f} "
+          "(median {median_relative_error:.3f} of their length)".format(**rays_at_centres))
     print(f"{minutes:.1f} min training; validation picks prob {best[0]}, overlap {best[1]}: {val_scores[best]:.4f}")
     print(f"held-out DSB {held:.4f}, AP@0.5 {summary['ap50']:.4f}, AP@0.75 {summary['ap75']:.4f} over {len(rows)} "
           "images; " + ", ".join(f"{k} {v:.3f}" for k, v in by.items()))
@@ -229,6 +258,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "rays": args.rays, "dist_scale": args.dist_scale, "train_minutes": minutes, "epochs": cfg.train.epochs, "chosen": dict(zip(GRID, best)),
             "validation": {f"prob={s[0]} overlap={s[1]}": v for s, v in val_scores.items()},
+            "validation_rays_at_centres": rays_at_centres,
             "holdout": summary, "holdout_by_modality": by,
             "holdout_images": [{**r, "modality": kinds[r["name"]]} for r in rows]}, indent=1))
 
