@@ -144,15 +144,12 @@ def ray_errors(dist: np.ndarray, target: np.ndarray, centre: float = 0.8) -> tup
     return np.abs(dist[:, c] - target[1:, c]).ravel(), target[1:, c].ravel()
 
 
-def predict(net, image: np.ndarray, multiple: int, scale: float = DIST_SCALE) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) network input -> (probability (H, W), distances (rays, H, W)), mirror-padded to ``multiple``."""
+def predict(net, image: np.ndarray, scale: float = DIST_SCALE) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) network input -> (probability (H, W), distances (rays, H, W)); the U-Net pads and crops itself."""
     import torch
 
-    h, w = image.shape[1:]
-    ph, pw = -h % multiple, -w % multiple
-    x = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
     with torch.inference_mode():
-        out = net(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None])[0, :, :h, :w].numpy()
+        out = net(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None])[0].numpy()
     return 1 / (1 + np.exp(-out[0])), np.maximum(scale * out[1:], 0)
 
 
@@ -225,13 +222,12 @@ def main() -> None:
     minutes = sum(h["seconds"] for h in history) / 60
 
     net.eval()
-    multiple = cfg.model.pool_size ** cfg.model.depth
 
     def maps(items):
         for item in items:
             raw, lab = item.load()
             x = network_input(raw, cfg.data.normalize, cfg.model.in_channels, item.name).transpose(2, 0, 1)
-            yield item.name, modality(raw), lab, *predict(net, x, multiple, args.dist_scale)
+            yield item.name, modality(raw), lab, *predict(net, x, args.dist_scale)
 
     val = list(maps(val_items))
     target = StarTarget(cfg, args.rays)
