@@ -57,7 +57,7 @@ def test_list_values_become_tuples_and_round_trip():
     ("train.epochs=2.5", "config: train.epochs = 2.5 must be an integer"),
     ("post.threshold=true", "config: post.threshold = true must be a number"),
     ("augment.elastic=1", "config: augment.elastic = 1 must be true or false"),
-    ("train.loss=focal", 'config: train.loss = "focal" is not allowed \\(allowed: bce, dice, bce_dice, ce, ce_dice\\)'),
+    ("train.loss=focal", 'config: train.loss = "focal" is not allowed \\(allowed: bce, dice, bce_dice, ce, ce_dice, ce_lovasz\\)'),
     ("model.padding=full", 'config: model.padding = "full" is not allowed \\(allowed: same, valid\\)'),
     ("data.normalize=zscore", 'data.normalize = "zscore" is not allowed \\(allowed: percentile, percentile_invert'),
     ("train.epochs=0", "config: train.epochs = 0 must be >= 1"),

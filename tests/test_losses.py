@@ -60,7 +60,8 @@ def test_get_loss_rejects_mismatched_heads():
         get_loss("focal", 1)
 
 
-@pytest.mark.parametrize("name,k", [("bce", 1), ("dice", 1), ("bce_dice", 1), ("ce", 3), ("ce_dice", 3)])
+@pytest.mark.parametrize("name,k", [("bce", 1), ("dice", 1), ("bce_dice", 1), ("ce", 3), ("ce_dice", 3),
+                                    ("ce_lovasz", 3)])
 def test_losses_decrease_under_gradient_descent(name, k):
     torch.manual_seed(0)
     target = (torch.rand(2, 8, 8) * k).long() if k > 1 else (torch.rand(2, 8, 8) > 0.5).float()
@@ -141,3 +142,55 @@ def test_soft_cross_entropy_is_lowest_at_the_target_probabilities():
     t = torch.tensor([0.0, 0.25, 0.75])
     expected = -(0.25 * math.log(0.3) + 0.75 * math.log(0.5))
     assert ce_loss(torch.log(q)[None, :, None, None], t[None, :, None, None]).item() == pytest.approx(expected, rel=1e-6)
+
+
+# ---- Lovász-softmax (train.loss = "ce_lovasz") ----------------------------------------------
+def _saturated(pred: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is (numerically) the one-hot of ``pred`` (B, H, W)."""
+    return F.one_hot(pred, 3).permute(0, 3, 1, 2).double() * 60
+
+
+def test_lovasz_of_a_hard_prediction_is_one_minus_iou_by_hand():
+    from biounet.losses import lovasz_softmax_loss
+
+    truth = torch.zeros(1, 4, 4, dtype=torch.long)
+    truth[0, 0, :4] = 1  # 4 nucleus pixels
+    pred = torch.zeros(1, 4, 4, dtype=torch.long)
+    pred[0, 0, :3] = 1  # 3 of them found ...
+    pred[0, 1, :2] = 1  # ... and 2 false ones: IoU 3 / 6; class 2 is absent from the truth, so not counted
+    assert lovasz_softmax_loss(_saturated(pred), truth).item() == pytest.approx(0.5, abs=1e-9)
+    truth[0, 3, 3] = 2
+    pred[0, 3, 3] = 2  # class 2 present and found exactly: mean of 0.5 and 0
+    assert lovasz_softmax_loss(_saturated(pred), truth).item() == pytest.approx(0.25, abs=1e-9)
+    assert lovasz_softmax_loss(_saturated(truth), truth).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_lovasz_averages_images_and_skips_those_without_nuclei():
+    from biounet.losses import lovasz_softmax_loss
+
+    truth = torch.zeros(3, 4, 4, dtype=torch.long)
+    pred = torch.zeros(3, 4, 4, dtype=torch.long)
+    truth[0, 0, :4] = 1
+    pred[0, 0, :2] = 1  # IoU 2 / 4
+    truth[1, 2, :2] = 1
+    pred[1, 2, :2] = 1  # perfect
+    pred[2, 3, :] = 1  # image 2 has no nuclei: left to the cross-entropy
+    # per image, not pooled: pooled would be 1 - 4 / 6 + the false ones
+    assert lovasz_softmax_loss(_saturated(pred), truth).item() == pytest.approx((0.5 + 0.0) / 2, abs=1e-9)
+    empty = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    loss = lovasz_softmax_loss(empty, torch.zeros(1, 4, 4, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and empty.grad is not None
+
+
+def test_lovasz_refuses_soft_targets_and_the_task_refuses_depth3_with_it():
+    from biounet.io import InputError
+    from biounet.losses import lovasz_softmax_loss
+    from biounet.tasks import build_config
+
+    logits, target = _logits_and_classes()
+    with pytest.raises(ValueError, match="integer class targets"):
+        lovasz_softmax_loss(logits, F.one_hot(target, 3).permute(0, 3, 1, 2).float())
+    build_config({"task": "nuclei", "train": {"loss": "ce_lovasz"}})  # contour3: fine
+    with pytest.raises(InputError, match="ce_lovasz"):
+        build_config({"task": "nuclei", "train": {"loss": "ce_lovasz"}, "data": {"target": "depth3"}})

@@ -121,7 +121,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # adam and sgd: an L2 term in the gradient; adamw: decoupled (Loshchilov & Hutter)
     momentum: float = 0.99  # SGD only; the paper's value
     schedule: Literal["cosine", "step", "none"] = "cosine"
-    loss: Literal["bce", "dice", "bce_dice", "ce", "ce_dice"] = "bce_dice"
+    loss: Literal["bce", "dice", "bce_dice", "ce", "ce_dice", "ce_lovasz"] = "bce_dice"  # ce_lovasz: CE + Lovász-softmax (integer targets)
     class_weights: tuple[float, ...] = ()  # softmax heads: cross-entropy weight per class; () = all 1
     early_stop: int = 0  # validations without improvement before stopping; 0 = off
     seed: int = 0

@@ -35,7 +35,7 @@ from .config import PostConfig, RunConfig, from_dict, merge, parse_value, to_dic
 from .io import InputError
 
 _SIGMOID_LOSSES = ("bce", "dice", "bce_dice")
-_SOFTMAX_LOSSES = ("ce", "dice", "ce_dice")
+_SOFTMAX_LOSSES = ("ce", "dice", "ce_dice", "ce_lovasz")
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,8 @@ class NucleiTask(Task):
         self._require("model.out_channels", self.cfg.model.out_channels,
                       (4,) if self.cfg.data.target == "contour4" else (3,))
         self._require("post.mode", self.cfg.post.mode, ("instances",))
+        if self.cfg.data.target == "depth3" and self.cfg.train.loss == "ce_lovasz":
+            self._fail("train.loss = 'ce_lovasz' needs integer classes; data.target = 'depth3' gives soft ones")
         super().check()
 
     def target(self, labels: np.ndarray) -> np.ndarray:
