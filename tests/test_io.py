@@ -72,8 +72,18 @@ def test_corrupt_missing_and_empty(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_image(tmp_path / "missing.tif")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no images found"):
+    with pytest.raises(InputError, match=r"no images found \(looked for [^)]*\)$"):
         list_images(tmp_path / "empty")
+
+
+def test_a_folder_holding_only_folders_names_one_to_try(tmp_path):
+    """An unzipped archive wraps its data in a folder: the error says where the images may be."""
+    (tmp_path / "dsb" / "stage1_train" / "abc" / "images").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"dsb: no images found .*; it holds folders: point at .*dsb/stage1_train$"):
+        list_images(tmp_path / "dsb")
+    (tmp_path / "dsb" / "stage1_test").mkdir()
+    with pytest.raises(InputError, match=r"point at .*dsb/stage1_test \(or one of its 2 folders\)$"):
+        list_images(tmp_path / "dsb")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

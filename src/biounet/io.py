@@ -205,8 +205,18 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError(f"{folder}: no such folder")
     files = image_files(folder)
     if not files:
-        raise InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}){_subfolder_hint(folder)}")
     return files
+
+
+def _subfolder_hint(folder: Path) -> str:
+    """Name a subfolder to try when an empty-looking folder only holds folders (an unzipped archive
+    wraps its data in one: ``dsb/stage1_train/<id>/images``), so the fix is in the message."""
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        return ""
+    more = f" (or one of its {len(subs)} folders)" if len(subs) > 1 else ""
+    return f"; it holds folders: point at {folder / subs[0]}{more}"
 
 
 @contextlib.contextmanager

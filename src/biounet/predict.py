@@ -356,7 +356,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             files.extend(dsb or list_images(inner if inner.is_dir() and not image_files(p) else p))
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+                unzip = "; unzip it and point at the folder" if p.suffix.lower() == ".zip" else ""
+                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)}){unzip}")
             files.append(p)
         else:
             raise InputError(f"{p}: no such file or folder")
