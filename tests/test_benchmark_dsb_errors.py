@@ -34,16 +34,21 @@ def test_each_error_kind_is_counted_once():
 
 
 def test_misses_are_put_down_to_the_network_or_to_post_processing():
-    truth = np.zeros((20, 40), np.int32)
+    truth = np.zeros((20, 60), np.int32)
     box(truth, 1, 2, 2)  # the network never saw it
     box(truth, 2, 2, 20)  # the network saw it (0.9), post-processing dropped it
+    box(truth, 3, 2, 40)  # the network saw a third of it: faint, the network's miss
     pred = np.zeros_like(truth)
     foreground = np.full(truth.shape, 0.1, np.float32)
     foreground[2:8, 20:26] = 0.9
     foreground[2:8, 2:8] = 0.55  # above 0.5 but not above the threshold used below
+    foreground[2:4, 40:46] = 0.9  # 12 of its 36 pixels
     counts, _ = classify(truth, pred, foreground, threshold=0.6)
-    assert (counts["missed"], counts["missed unseen"], counts["missed dropped"]) == (2, 1, 1)
+    assert (counts["missed"], counts["missed unseen"], counts["missed faint"], counts["missed dropped"]) == (3, 1, 1, 1)
     counts, _ = classify(truth, pred, foreground, threshold=0.5)
-    assert (counts["missed unseen"], counts["missed dropped"]) == (0, 2)
+    assert (counts["missed unseen"], counts["missed faint"], counts["missed dropped"]) == (0, 1, 2)
+    foreground[2:5, 40:46] = 0.9  # half of it: post-processing's miss
+    counts, _ = classify(truth, pred, foreground, threshold=0.6)
+    assert (counts["missed unseen"], counts["missed faint"], counts["missed dropped"]) == (1, 0, 2)
     counts, _ = classify(truth, pred)
-    assert counts["missed"] == 2 and "missed unseen" not in counts
+    assert counts["missed"] == 3 and "missed unseen" not in counts
