@@ -52,6 +52,7 @@ def tiny_nuclei(tmp_path_factory) -> tuple[Path, Path]:
     ("dsb_scale.py", ["--factors", "1", "2"], "rule_by_ratio"),
     ("tried/modality_post.py", [], "per_modality"),
     ("tried/colour_gamma.py", ["--gammas", "1,0.5"], "holdout"),
+    ("tried/colour_gamma.py", ["--gammas", "1,0.5", "--modality", "dark"], "holdout"),
     ("tried/colour_inputs.py", [], "by_modality"),
 ])
 def test_script_runs_on_a_run_with_held_out_images(tiny_nuclei, tmp_path, script, extra, key):
