@@ -12,8 +12,8 @@ every one left unmatched is put in one class, in this order:
   a miss is also put down to the network ("unseen": no pixel of it above the foreground threshold;
   "faint": some, but less than half of its pixels) or to post-processing ("dropped": at least half of
   it above the threshold, but its object fell below min_size or min_score, or went to a neighbour).
-  A single pixel above the threshold is not enough to blame post-processing: with that rule 88 of the
-  shipped model's 147 held-out misses were "dropped", with this one 25 are;
+  A single pixel above the threshold is not enough to blame post-processing: with that rule (this
+  script up to commit 4c92a8a) 88 of the shipped model's 147 held-out misses were "dropped", with this one 25 are;
 * poor outline: the rest (one object overlaps it, but with IoU <= 0.5).
 
 Unmatched predicted objects that lie mostly (> 80 %) on true background are false positives. For

@@ -199,7 +199,8 @@ def test_a_folder_holding_images_and_masks_expands_to_its_images(tmp_path):
 def test_an_archive_or_other_file_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "stage1_train.zip").write_bytes(b"PK")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(biounet.io.InputError, match=r"stage1_train\.zip: not an image file .*; unzip it and point at the folder$"):
+    unzip = r"stage1_train\.zip: not an image file .*; unzip it and point at the folder$"
+    with pytest.raises(biounet.io.InputError, match=unzip):
         P.expand_inputs([tmp_path / "stage1_train.zip"])
     with pytest.raises(biounet.io.InputError, match=r"notes\.txt: not an image file \(expected [^)]*\)$"):
         P.expand_inputs([tmp_path / "notes.txt"])

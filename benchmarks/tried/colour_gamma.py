@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    from _report import split_parser
+    from _report import MODALITY_NAMES, split_parser
 
     ap = split_parser(__doc__)
     ap.add_argument("--gammas", default="0.5,0.7,1,1.4")
-    ap.add_argument("--modality", default="colour", choices=["colour", "dark", "bright"])
+    ap.add_argument("--modality", default="colour", choices=sorted(MODALITY_NAMES))
     args = ap.parse_args()
 
     from _report import held_out_split
@@ -57,7 +57,8 @@ def main() -> None:
     for g in gammas:
         print(f"| {g} | {val[g]:.4f} | {held[g]:.4f} |")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "modality": args.modality, "chosen": best, "validation": val, "holdout": held,
+        args.json.write_text(json.dumps({"model": args.model, "modality": args.modality, "chosen": best,
+                                         "validation": val, "holdout": held,
                                          "images": {"validation": n_val, "holdout": n_held}}, indent=2))
 
 
