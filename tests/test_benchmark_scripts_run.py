@@ -271,3 +271,33 @@ def test_ray_errors_are_measured_at_nucleus_centres_only():
     errors, _ = star_rays.ray_errors(longer, target)
     assert np.allclose(errors, 2.0)
     assert lengths.min() > 4  # centres only: no ray there is as short as at an outline
+
+
+def test_rank_agreement_is_one_for_the_same_order_and_minus_one_for_the_reverse():
+    val_holdout = _tried("val_holdout")
+    same = val_holdout.rank_agreement([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.9, 1.0])
+    assert same["spearman"] == pytest.approx(1) and same["kendall"] == pytest.approx(1) and same["n"] == 4
+    flipped = val_holdout.rank_agreement([0.1, 0.2, 0.3, 0.4], [1.0, 0.9, 0.6, 0.5])
+    assert flipped["spearman"] == pytest.approx(-1) and flipped["kendall"] == pytest.approx(-1)
+    # one swapped neighbour pair of 6 pairs: tau = (5 - 1) / 6; rho = 1 - 6 * 2 / (4 * 15)
+    one = val_holdout.rank_agreement([1, 2, 3, 4], [1, 3, 2, 4])
+    assert one["kendall"] == pytest.approx(4 / 6) and one["spearman"] == pytest.approx(0.8)
+    assert one["validation_range"] == [1, 4]
+    with pytest.raises(ValueError):
+        val_holdout.rank_agreement([1, 2], [1, 2])
+
+
+def test_val_holdout_reads_every_tried_run_with_both_scores(tmp_path):
+    val_holdout = _tried("val_holdout")
+    assert [val_holdout.group(n) for n in ("q-lr1", "ens-touch", "shipped", "nuclei-lovasz")] == [
+        "quick", "ensemble", "ensemble", "single"]
+    out = tmp_path / "vh.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tried" / "val_holdout.py"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(out.read_text())
+    both = [p for p in (ROOT / "benchmarks" / "tried").glob("dsb2018-*.json")
+            if "tuned_dsb" in (json.loads(p.read_text()).get("validation") or {})]
+    assert len(got["rows"]) == len(both) + 1  # and the shipped model
+    assert all(0 < r["validation"] < 1 and 0 < r["held_out"] < 1 for r in got["rows"])
+    assert sum(g["n"] for g in got["by_group"].values()) == len(got["rows"])
