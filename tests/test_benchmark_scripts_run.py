@@ -54,6 +54,7 @@ def tiny_nuclei(tmp_path_factory) -> tuple[Path, Path]:
     ("tried/colour_gamma.py", ["--gammas", "1,0.5"], "holdout"),
     ("tried/colour_gamma.py", ["--gammas", "1,0.5", "--modality", "dark"], "holdout"),
     ("tried/colour_inputs.py", [], "by_modality"),
+    ("tried/scale_tta.py", ["--sets", "1", "0.5,1"], "summary"),
 ])
 def test_script_runs_on_a_run_with_held_out_images(tiny_nuclei, tmp_path, script, extra, key):
     run, data = tiny_nuclei
@@ -301,3 +302,11 @@ def test_val_holdout_reads_every_tried_run_with_both_scores(tmp_path):
     assert len(got["rows"]) == len(both) + 1  # and the shipped model
     assert all(0 < r["validation"] < 1 and 0 < r["held_out"] < 1 for r in got["rows"])
     assert sum(g["n"] for g in got["by_group"].values()) == len(got["rows"])
+
+
+def test_scale_sets_parse_sorted_and_cost_the_pixels_they_run():
+    scale_tta = _tried("scale_tta")
+    assert scale_tta.parse_sets(["1", "1.25,0.8,1", "1,1"]) == [(1.0,), (0.8, 1.0, 1.25), (1.0,)]
+    assert scale_tta.cost((0.8, 1.0, 1.25)) == pytest.approx(0.64 + 1 + 1.5625)
+    with pytest.raises(SystemExit):
+        scale_tta.parse_sets(["0,1"])
