@@ -482,3 +482,20 @@ def test_check_data_checks_the_channel_training_will_read(tmp_path):
     assert res.exit_code == 2 and "0.tif: has 2 channels" in res.output
     res = runner.invoke(app, args + ["--channel", "1"])
     assert res.exit_code == 0 and "2 image(s) checked: 0 error(s)" in res.output
+
+
+@pytest.mark.parametrize("args, extra", [(["predict", "--help"], "biounet[onnx]"),
+                                         (["export", "--help"], "biounet[bioimageio]")])
+def test_help_shows_pip_extras_in_brackets(args, extra):
+    # rich reads "[onnx]" as a markup tag and drops it unless escaped; the user needs it to install the extra
+    out = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and extra in out.output
+
+
+def test_every_command_summary_is_one_line():
+    # the first docstring paragraph is the command list's entry; a line break inside it shows mid-sentence there
+    import typer.main
+
+    for cmd in typer.main.get_command(app).commands.values():
+        first = (cmd.help or "").strip().split("\n\n")[0]
+        assert first and "\n" not in first, f"biounet {cmd.name}: summary spans lines: {first!r}"

@@ -119,7 +119,7 @@ def predict(
     overwrite: bool = typer.Option(False, help="Replace outputs that already exist (default: refuse)."),
     skip_existing: bool = typer.Option(False, help="Skip inputs whose output exists (resume a batch)."),
     fast: bool = typer.Option(True, help="Batch norm folded into the convolutions, channels-last layout."),
-    backend: str = typer.Option("torch", help="torch, onnxruntime (pip install 'biounet[onnx]') or auto."),
+    backend: str = typer.Option("torch", help="torch, onnxruntime (pip install 'biounet\\[onnx]') or auto."),
     threads: int = typer.Option(0, help="CPU threads (0 = one per core available to this process)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network (slow first image)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -233,8 +233,9 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt); bioimageio: a folder or .zip."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
 ) -> None:
-    """Write the network as ONNX or TorchScript (probabilities out, normalisation and head in its
-    metadata), or as a tested bioimage.io model package (needs biounet[bioimageio])."""
+    """Write the network as ONNX, TorchScript or a tested bioimage.io model package.
+
+    ONNX and TorchScript: probabilities out, normalisation and head in the metadata (bioimageio: biounet\\[bioimageio])."""
     _setup_logging(False)
     from .export import export_model
 
@@ -313,8 +314,9 @@ def ensemble(
     data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
     overwrite: bool = typer.Option(False, help="Replace an ensemble already in --out."),
 ) -> None:
-    """Average the probabilities of runs trained on the same split (each network one vote); tune thresholds
-    on their validation images and score their held-out ones, as training does."""
+    """Average the probabilities of runs trained on the same split into one model.
+
+    Each network one vote; thresholds tuned on validation, held-out images scored once, as training does."""
     _setup_logging(True)
     if any(Path(r).resolve() == out.resolve() for r in runs):  # --overwrite must not destroy a member
         _fail(f"{out}: is one of the runs being averaged; write the ensemble to another --out")
@@ -331,8 +333,9 @@ def retune(
     model: str = typer.Argument(..., help="A finished run or model folder (or a shipped model's name)."),
     data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
 ) -> None:
-    """Tune post-processing again on the model's validation images with the task's current grid, score
-    its held-out images once, and store both beside the weights (thresholds.json, metrics.json)."""
+    """Tune post-processing again on the model's validation images and score its held-out ones.
+
+    The task's current grid; both are stored beside the weights (thresholds.json, metrics.json)."""
     _setup_logging(True)
     from .train import retune as run_retune
 
