@@ -1,7 +1,7 @@
 """Config: TOML loading, overrides, clear errors, JSON round trip."""
 import pytest
 
-from biounet.config import RunConfig, from_dict, to_dict
+from biounet.config import RunConfig, did_you_mean, from_dict, to_dict
 from biounet.tasks import apply_overrides, load_config
 from biounet.io import InputError
 
@@ -33,8 +33,24 @@ def test_bad_overrides_are_clear(bad, match):
 def test_unknown_toml_key_names_section(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[train]\nepochz = 3\n")
-    with pytest.raises(InputError, match=r"c.toml: config: unknown key 'epochz' in \[train\]"):
+    with pytest.raises(InputError, match=r"c.toml: config: unknown key 'epochz' in \[train\]; did you mean 'epochs'\?"):
         load_config(p)
+
+
+@pytest.mark.parametrize("bad, hint", [
+    ("train.lrr=1", "unknown key 'lrr'; did you mean 'lr'?"),
+    ("trian.lr=1", "unknown section 'trian'; did you mean 'train'?"),
+    ("post.treshold=0.5", "unknown key 'treshold'; did you mean 'threshold'?"),
+])
+def test_a_near_miss_names_the_key_it_meant(bad, hint):
+    with pytest.raises(InputError) as e:
+        apply_overrides(RunConfig(), [bad])
+    assert str(e.value).endswith(hint)
+
+
+def test_did_you_mean_offers_nothing_for_a_far_miss():
+    assert did_you_mean("zzz", ["lr", "epochs"]) == ""
+    assert did_you_mean("epoch", ["lr", "epochs", "seed"]) == "; did you mean 'epochs'?"
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -10,6 +10,7 @@ before any data is read. Nothing is configured by subclassing.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -234,6 +235,12 @@ def _check_range(key: str, value: Any) -> None:
                 raise InputError(f"config: {key} = {json.dumps(value)} must be {bound}")
 
 
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """'; did you mean 'lr'?' for a near miss of a known key, else '': a typo should name its fix."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build a (nested) config dataclass, checking every key, type, allowed value and range."""
     if not isinstance(data, dict):
@@ -244,7 +251,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
         if key not in fields:
-            raise InputError(f"config: unknown key '{key}' in {where} (known: {', '.join(sorted(fields))})")
+            raise InputError(f"config: unknown key '{key}' in {where}{did_you_mean(key, fields)} "
+                             f"(known: {', '.join(sorted(fields))})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")

@@ -31,7 +31,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .config import PostConfig, RunConfig, from_dict, merge, parse_value, to_dict
+from .config import PostConfig, RunConfig, did_you_mean, from_dict, merge, parse_value, to_dict
 from .io import InputError
 
 _SIGMOID_LOSSES = ("bce", "dice", "bce_dice")
@@ -300,9 +300,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         node = data
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
-                raise InputError(f"override '{item}': unknown section '{part}'")
+                sections = [k for k, v in node.items() if isinstance(v, dict)]
+                raise InputError(f"override '{item}': unknown section '{part}'{did_you_mean(part, sections)}")
             node = node[part]
         if parts[-1] not in node:
-            raise InputError(f"override '{item}': unknown key '{parts[-1]}'")
+            raise InputError(f"override '{item}': unknown key '{parts[-1]}'{did_you_mean(parts[-1], node)}")
         node[parts[-1]] = value
     return build_config(data)
