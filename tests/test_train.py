@@ -339,8 +339,8 @@ def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_fi
 
 
 def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path):
-    """The weight map only weighs the loss and dropout acts in training only: a run with them and one
-    without average like any two runs."""
+    """The weight map only weighs the loss, and dropout and the patch sampling act in training only: a run
+    with them and one without average like any two runs."""
     from biounet.train import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
@@ -349,8 +349,11 @@ def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path)
           tmp_path / "b", progress=False)
     result = ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
     assert "holdout_v_rand" in result and load_model(tmp_path / "ab").config.model.members == 2
-    train(tiny_config(*stack_files, **base, **{"data.patch_size": 40}), tmp_path / "c", progress=False)
-    with pytest.raises(InputError, match="data config differs"):  # other data settings still must match
+    train(tiny_config(*stack_files, **base, **{"data.patch_size": 40, "data.patches_per_epoch": 6}), tmp_path / "p",
+          progress=False)  # patches only decide what training sees
+    assert "holdout_v_rand" in ensemble([tmp_path / "a", tmp_path / "p"], tmp_path / "ap")
+    train(tiny_config(*stack_files, **base, **{"data.normalize": "percentile_invert"}), tmp_path / "c", progress=False)
+    with pytest.raises(InputError, match="data config differs"):  # settings that change the input still must match
         ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
     train(tiny_config(*stack_files, **base, **{"model.batch_norm": "false"}), tmp_path / "d", progress=False)
     with pytest.raises(InputError, match="model config differs"):  # as must the network's shape

@@ -454,14 +454,14 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     def shared(c: RunConfig, key: str) -> Any:
         # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below;
         # the weight map only weighs the training loss, so members may differ in it as in class weights,
-        # and dropout acts in training only
+        # and dropout acts in training only, as do the patch size and count (how training samples images)
         part = getattr(c, key)
         if key == "model":
             return dataclasses.replace(part, members=1, dropout=0.0)
         if key != "data":
             return part
         return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
-                                   weight_kind="paper")
+                                   weight_kind="paper", patch_size=0, patches_per_epoch=0)
 
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):
