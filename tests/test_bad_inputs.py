@@ -133,6 +133,12 @@ CASES = [
      lambda m, t: _predict(m, t, "nan.tif", _tiff_bytes(np.where(np.eye(40, dtype=bool), np.nan, 1.0)
                                                           .astype(np.float32))),
      "nan.tif: 40 pixel(s) are NaN or infinite"),
+    ("complex pixels",
+     lambda m, t: _predict(m, t, "cplx.tif", _tiff_bytes(np.ones((40, 40), np.complex64))),
+     "cplx.tif: pixel type complex64 is not supported"),
+    ("channels-last array saved as thin pages",
+     lambda m, t: _predict(m, t, "hwc.tif", _raw_tiff_bytes(np.zeros((40, 40, 5), np.uint8))),
+     "hwc.tif: holds 40 pages of 40x5 pixels"),
     ("infinite pixels in a training image",
      lambda m, t: ["check-data", str(_folders(t, np.full((16, 16), np.inf, np.float32), _disk())[0]),
                    "--labels", str(t / "masks")], "a.tif: 256 pixel(s) are NaN or infinite"),
@@ -149,6 +155,13 @@ def _tiff_bytes(arr: np.ndarray | None = None) -> bytes:
         tifffile.imwrite(buf, np.full((40, 40), 30, np.uint8) if arr is None else arr)
     else:  # (H, W, C): one page of C samples per pixel
         tifffile.imwrite(buf, arr, photometric="minisblack", planarconfig="contig")
+    return buf.getvalue()
+
+
+def _raw_tiff_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` as a bare ``tifffile.imwrite`` writes it: no axes, so (H, W, 5) becomes H pages."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
     return buf.getvalue()
 
 

@@ -150,3 +150,30 @@ def test_masks_are_paired_by_their_image_stem_exact_names_first(tmp_path):
     assert got["a"] == p / "a_mask.png" and got["b"] == p / "b.tif" and got["c"] == p / "c_seg.tif"
     with pytest.raises(InputError, match=r"d_labels\.tif: d_mask\.tif is also a mask for image 'd'"):
         masks_by_image_stem([p / "d_mask.tif", p / "d_labels.tif"])
+
+
+@pytest.mark.parametrize("arr", [np.ones((8, 9), np.complex64), np.full((8, 9), "a")])
+def test_pixels_that_are_not_real_numbers_are_refused_by_type(tmp_path, arr):
+    """Complex or text pixels cannot be cast without losing data: an error naming the file and the type."""
+    if arr.dtype.kind == "c":
+        tifffile.imwrite(tmp_path / "c.tif", arr)
+        with pytest.raises(InputError, match=r"^.*c\.tif: pixel type complex64 is not supported"):
+            read_stack(tmp_path / "c.tif")
+    from biounet.normalize import NormalizedView
+
+    with pytest.raises(InputError, match=rf"^mem: pixel type {arr.dtype} is not supported"):
+        NormalizedView(arr, "percentile", 1, "mem")
+    assert NormalizedView(np.ones((8, 9), np.float32), "percentile", 1, "mem").shape == (1, 8, 9)
+
+
+def test_channels_last_array_saved_as_thin_pages_is_named_with_the_fix(tmp_path):
+    """tifffile.imwrite of an (H, W, 5) array without axes writes H pages of W pixels: refused, with the
+    fix, rather than segmented as 64 slivers; the fix it names then reads the channel asked for."""
+    arr = np.arange(64 * 64 * 5, dtype=np.uint16).reshape(64, 64, 5)
+    tifffile.imwrite(tmp_path / "c5.tif", arr)
+    with pytest.raises(InputError, match=r"c5\.tif: holds 64 pages of 64x5 pixels.*metadata=\{'axes': 'YXC'\}"):
+        read_stack(tmp_path / "c5.tif")
+    tifffile.imwrite(tmp_path / "fixed.tif", arr, metadata={"axes": "YXC"})
+    assert np.array_equal(read_stack(tmp_path / "fixed.tif", channel=3)[0], arr[..., 3])
+    tifffile.imwrite(tmp_path / "narrow.tif", np.zeros((3, 6, 5), np.uint8), photometric="minisblack")
+    assert read_stack(tmp_path / "narrow.tif").shape == (3, 6, 5)  # small pages, not thin ones: kept

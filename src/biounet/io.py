@@ -155,13 +155,33 @@ def check_finite(arr: Any, path: Path | str, rows: int = 1024) -> Any:
     return arr
 
 
+def check_pixel_type(arr: Any, path: Path | str) -> Any:
+    """``arr`` unchanged, or an :class:`InputError` for pixels that are not integers or real floats
+    (complex, object, text): casting them would drop the imaginary part or fail deep in the network."""
+    dtype = np.dtype(arr.dtype)
+    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{path}: pixel type {dtype} is not supported (expected integers or real floats)")
+    return arr
+
+
+# a stack whose pages are at most this wide is read as an (H, W, channels) array saved without axes
+THIN_PAGE = 8
+
+
 def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(N, H, W[, C]) without alpha; unsupported pixel types and shapes are refused by name."""
+    check_pixel_type(arr, path)
     if arr.ndim == 4:
         arr = strip_alpha(arr)
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
     if arr.ndim not in (3, 4) or arr.shape[1] == 0 or arr.shape[2] == 0:
         raise InputError(f"{path}: unsupported image shape {arr.shape}")
+    n, h, w = arr.shape[:3]
+    if arr.ndim == 3 and n > 1 and w <= THIN_PAGE < h:  # numpy's (H, W, C) written by a bare tifffile.imwrite
+        raise InputError(f"{path}: holds {n} pages of {h}x{w} pixels, which looks like an (H, W, {w}) array "
+                         f"saved without axes; save it with tifffile.imwrite(path, arr, metadata={{'axes': 'YXC'}}) "
+                         "and choose a channel with --channel")
     return arr
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError, check_finite, strip_alpha
+from .io import InputError, check_finite, check_pixel_type, strip_alpha
 
 MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
 PERCENTILES = (1.0, 99.8)  # the intensity window of the percentile modes (also what a bioimage.io export says)
@@ -151,7 +151,8 @@ class NormalizedView:
     """
 
     def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
-        raw = check_finite(drop_alpha(array_like(raw), name), name)  # one NaN would make the whole view NaN
+        # one NaN would make the whole view NaN; a complex image would lose its imaginary part
+        raw = check_finite(drop_alpha(check_pixel_type(array_like(raw), name), name), name)
         self.raw, self.channels, self.name = raw, channels, name
         self.offset, self.scale = norm_params(raw, mode)
         self.shape = (channels, raw.shape[0], raw.shape[1])
