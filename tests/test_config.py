@@ -102,6 +102,17 @@ def test_weight_averaging_options_that_cannot_work_together_are_refused(override
     apply_overrides(RunConfig(), overrides[:1])  # either alone is fine
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (["data.folds=1"], "config: data.folds = 1 is not cross-validation"),
+    (["data.folds=5", "data.fold=5"], r"config: data.fold = 5 must be below data.folds = 5 \(0..4\)"),
+    (["data.folds=5", "data.val_indices=[1]"], "config: data.folds and data.val_indices both choose"),
+])
+def test_cross_validation_settings_that_cannot_work_are_refused(overrides, match):
+    with pytest.raises(InputError, match=match):
+        apply_overrides(RunConfig(), overrides)
+    assert apply_overrides(RunConfig(), ["data.folds=5", "data.fold=4"]).data.fold == 4
+
+
 def test_numbers_are_converted_where_harmless():
     cfg = apply_overrides(RunConfig(), ["train.lr=1", "post.threshold=0"])
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0 and cfg.post.threshold == 0.0

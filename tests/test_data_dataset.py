@@ -18,6 +18,23 @@ def test_split_is_seeded_and_explicit_indices_win():
     assert [i.name for i in val] == ["8", "9"] and len(train) == 8
 
 
+@pytest.mark.parametrize("n", [508, 40, 23])
+def test_folds_partition_the_images_and_fold_zero_is_the_plain_split(n):
+    """k folds: disjoint, together every image once, each the validation set of one run; with k =
+    1 / val_fraction, fold 0 is the plain split's draw (so existing runs are fold 0 of a cross-validation)."""
+    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(n)]
+    vals = [split_items(items, DataConfig(folds=10, fold=k), seed=3) for k in range(10)]
+    names = [[i.name for i in val] for _, val in vals]
+    assert sorted(sum(names, []), key=int) == [i.name for i in items]
+    assert all(len(t) + len(v) == n and not {i.name for i in t} & set(nm) for (t, v), nm in zip(vals, names))
+    assert max(map(len, names)) - min(map(len, names)) <= 1
+    plain = [i.name for i in split_items(items, DataConfig(val_fraction=0.1), seed=3)[1]]
+    assert (plain == names[0]) == (len(plain) == len(names[0]))  # the same draw whenever the sizes agree
+    assert names[0] != names[1]
+    with pytest.raises(InputError, match="data.folds = 10 needs at least 10 images, found 5"):
+        split_items(items[:5], DataConfig(folds=10), seed=3)
+
+
 class _Fake(Item):
     """An item held in memory: ``extra`` is the image, or (image, labels)."""
 

@@ -223,7 +223,7 @@ def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
     train(tiny_config(*stack_files, **base, **{"train.seed": 3}), tmp_path / "b", progress=False)
-    with pytest.raises(InputError, match="validates or holds out other images"):
+    with pytest.raises(InputError, match="holds out other images"):
         ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
     train(tiny_config(*stack_files, **{"train.epochs": 1, "model.base_features": 6}), tmp_path / "c", progress=False)
     with pytest.raises(InputError, match="model config differs"):
@@ -241,6 +241,51 @@ def test_ensemble_takes_runs_of_other_seeds_that_fix_the_split(stack_files, tmp_
     result = ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
     held_a = json.loads((tmp_path / "a" / "metrics.json").read_text())["holdout_items"]
     assert result["holdout_items"] == held_a and "holdout_v_rand" in result
+
+
+def test_a_cross_validation_ensemble_tunes_each_fold_on_the_members_that_never_trained_on_it(stack_files,
+                                                                                             tmp_path):
+    """Runs on folds 0 and 1 of 3 (data.folds): every validation image is predicted by its own fold's run only
+    (out-of-fold), the thresholds are tuned on both folds' images, the held-out one is scored by both runs."""
+    from biounet import train as train_mod
+    from biounet.train import ensemble, retune
+
+    base = {"data.val_indices": "[]", "data.holdout_fraction": 0.25, "data.folds": 3, "train.epochs": 1}
+    for k in (0, 1):
+        train(tiny_config(*stack_files, **base, **{"data.fold": k}), tmp_path / f"f{k}", progress=False)
+    runs = {k: json.loads((tmp_path / f"f{k}" / "metrics.json").read_text()) for k in (0, 1)}
+    assert runs[0]["holdout_items"] == runs[1]["holdout_items"]
+    assert len(runs[0]["val_items"]) == 1 and runs[0]["val_items"] != runs[1]["val_items"]
+
+    calls = []
+    real = train_mod.predict_items
+
+    def spy(seg, items):
+        calls.append(([it.name for it in items], seg.module))
+        return real(seg, items)
+
+    with patch.object(train_mod, "predict_items", spy):
+        result = ensemble([tmp_path / "f0", tmp_path / "f1"], tmp_path / "cv")
+    assert result["out_of_fold"] == 2 and result["val_items"] == runs[0]["val_items"] + runs[1]["val_items"]
+    assert {"tuned_v_rand", "holdout_v_rand"} <= set(result)
+    cv = load_model(tmp_path / "cv").module
+    for k in (0, 1):  # fold k's image went through member k alone (the ensemble's own copy of run k)
+        names, module = next(c for c in calls if c[0] == runs[k]["val_items"])
+        assert module is not cv and not hasattr(module, "members")
+        own = load_model(tmp_path / f"f{k}").module.state_dict()
+        assert all(torch.allclose(v.float(), own[n].float(), atol=1e-3) for n, v in module.state_dict().items())
+    assert [c[0] for c in calls][-1] == runs[0]["holdout_items"] and calls[-1][1].cfg.members == 2
+    with pytest.raises(InputError, match="cross-validation ensemble is tuned out-of-fold"):
+        retune(tmp_path / "cv")
+    with pytest.raises(InputError, match="is a cross-validation ensemble, whose members trained on each other"):
+        ensemble([tmp_path / "cv", tmp_path / "f0"], tmp_path / "x")
+    # fold 0 of 2 holds fold 0 of 3 and more (consecutive runs of one permutation): overlapping, refused
+    train(tiny_config(*stack_files, **{**base, "data.folds": 2}), tmp_path / "g", progress=False)
+    g_val = json.loads((tmp_path / "g" / "metrics.json").read_text())["val_items"]
+    assert set(runs[0]["val_items"]) < set(g_val)
+    with pytest.raises(InputError, match="validates on some but not all of the images"):
+        ensemble([tmp_path / "f0", tmp_path / "g"], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_amp_runs_only_on_cuda(stack_files):

@@ -308,15 +308,16 @@ def train(
 
 @app.command()
 def ensemble(
-    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split "
-                                      "(an ensemble folder or shipped model's name adds its networks)."),
+    runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split, "
+                                      "or of the folds of one cross-validation (data.folds; tuned out-of-fold); "
+                                      "an ensemble folder or shipped model's name adds its networks."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder for the ensemble."),
     data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
     overwrite: bool = typer.Option(False, help="Replace an ensemble already in --out."),
 ) -> None:
-    """Average the probabilities of runs trained on the same split into one model.
+    """Average the probabilities of runs trained on the same split (or folds) into one model.
 
-    Each network one vote; thresholds tuned on validation, held-out images scored once, as training does."""
+    Each network one vote; thresholds tuned on validation (a fold's images by its own runs); held-out scored once."""
     _setup_logging(True)
     if any(Path(r).resolve() == out.resolve() for r in runs):  # --overwrite must not destroy a member
         _fail(f"{out}: is one of the runs being averaged; write the ensemble to another --out")

@@ -58,6 +58,12 @@ class DataConfig:
     foreground: Literal["nonzero", "zero"] = "nonzero"  # binary targets: which labels are foreground
     val_fraction: float = 0.2
     val_indices: tuple[int, ...] = ()  # explicit validation items; overrides val_fraction
+    # k-fold cross-validation: >= 2 splits the images left after the holdout into this many seeded folds
+    # and validates on fold ``fold`` (overrides val_fraction); `biounet ensemble` of runs on different
+    # folds tunes its post-processing on every member's own validation fold (out-of-fold). 0 = off.
+    # With folds = 1 / val_fraction, fold 0 is the plain split's validation set (same seed, same draw).
+    folds: int = 0
+    fold: int = 0
     # a seeded fraction held out before the validation split: never trained on, never used to pick the
     # epoch or thresholds, scored once at the end (a selection-free score beside the tuned one)
     holdout_fraction: float = 0.0
@@ -86,6 +92,15 @@ class DataConfig:
     # brightfield, "colour" = stained), chosen after the split: a modality expert keeps the held-out
     # and validation images of the run without the filter, so the two compare image for image
     modalities: tuple[Literal["dark", "bright", "colour"], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.folds == 1:
+            raise InputError("config: data.folds = 1 is not cross-validation; use 0 (off) or 2 and more")
+        if self.folds and self.fold >= self.folds:
+            raise InputError(f"config: data.fold = {self.fold} must be below data.folds = {self.folds} "
+                             f"(0..{self.folds - 1})")
+        if self.folds and self.val_indices:
+            raise InputError("config: data.folds and data.val_indices both choose the validation images; set one")
 
 
 @dataclass(frozen=True)
@@ -183,7 +198,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.border_fraction": (0, None), "data.val_fraction": (0, 1), "data.holdout_fraction": (0, 1),
     "data.split_seed": (-1, None), "data.channel": (-1, None), "data.patch_size": (1, None),
     "data.patches_per_epoch": (1, None), "data.w0": (0, None), "data.sigma": (1e-6, None),
-    "data.num_workers": (0, None), "data.balance_power": (0, 1),
+    "data.num_workers": (0, None), "data.balance_power": (0, 1), "data.folds": (0, 100), "data.fold": (0, 99),
     "augment.elastic_sigma": (0, None), "augment.stain": (0, 1), "augment.elastic_grid": (2, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (0, None),
     "train.weight_decay": (0, None), "train.momentum": (0, 1), "train.early_stop": (0, None),

@@ -397,19 +397,24 @@ def restore_state(run: Run, state: dict) -> None:
 
 
 # ---- after training -----------------------------------------------------------------
-def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: list[Item] = ()) -> dict:
+def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: list[Item] = (),
+           val_preds: list[Prediction] | None = None, out_of_fold: int = 0) -> dict:
     """Reload the best weights, tune post-processing on validation (none: the config's), save thresholds + metrics.
 
     Held-out images are scored last, with the epoch and post-processing the
     validation images chose: ``holdout_*`` is the selection-free score.
+    ``val_preds`` replaces the model's own predictions of ``val_items`` (out-of-fold ones from
+    ``out_of_fold`` folds: see :func:`ensemble`).
     """
     from .predict import load_model
 
     seg = load_model(run_dir)
     task = get_task(cfg)
     metrics = checkpoint.read_metrics(run_dir)
+    if out_of_fold:
+        metrics["out_of_fold"] = out_of_fold
     if val_items:
-        preds = predict_items(seg, val_items)
+        preds = predict_items(seg, val_items) if val_preds is None else val_preds
         post, scores = tune_post(task, preds, cfg.post)
         metrics.update({"tuned_" + k: v for k, v in scores.items()})
         if task.instances:
@@ -432,20 +437,28 @@ def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: 
 def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = None) -> dict:
     """Average finished runs' probabilities in one model folder, then tune and score it like a run.
 
-    The runs must share task, model shape, data and split (the validation and
-    held-out images), so that no member trained on an image the ensemble is
-    tuned or scored on; their training settings (loss weights, the weight map,
-    schedule) may differ. A folder that is an ensemble already (a shipped model)
-    gives its members, so a new network can join one whose member runs are gone;
-    every network weighs the same. Members may differ in dropout, which acts in training only.
-    Thresholds are tuned on the shared validation images and the held-out ones are scored once
-    (:func:`finish`). ``data`` replaces ``data.images`` when the data has moved since training.
+    The runs must share task, model shape, data and held-out images, so that no
+    member trained on an image the ensemble is scored on; their training settings
+    (loss weights, the weight map, schedule) may differ. They validate on the same
+    images, or on disjoint ones (the folds of a cross-validation, ``data.folds``):
+    then the post-processing is tuned out-of-fold, each fold's images predicted by
+    the members that validated on them (never trained on them), on all folds together.
+    A folder that is an ensemble already (a shipped model) gives its members, so a new
+    network can join one whose member runs are gone; a cross-validation ensemble cannot
+    (its members trained on each other's folds). Every network weighs the same. Members may
+    differ in dropout, which acts in training only. Thresholds are tuned on the validation
+    images and the held-out ones are scored once (:func:`finish`). ``data`` replaces
+    ``data.images`` when the data has moved since training.
     """
     from .tasks import apply_overrides
 
     if len(runs) < 2:
         raise InputError("an ensemble needs at least two runs")
     folders = [checkpoint.resolve_model(r) for r in runs]
+    for f in folders:
+        if checkpoint.read_metrics(f).get("out_of_fold"):
+            raise InputError(f"{f}: is a cross-validation ensemble, whose members trained on each other's "
+                             "validation folds; give its fold runs instead")
     cfgs = [checkpoint.load_config(f) for f in folders]
     if data:
         cfgs = [apply_overrides(c, [f"data.images={data}"]) for c in cfgs]
@@ -461,26 +474,28 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
         if key != "data":
             return part
         return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
-                                   weight_kind="paper", patch_size=0, patches_per_epoch=0)
+                                   weight_kind="paper", patch_size=0, patches_per_epoch=0,
+                                   val_fraction=0.0, val_indices=(), folds=0, fold=0)
 
     for f, c in zip(folders[1:], cfgs[1:]):
         for key in ("task", "model", "data"):
             if shared(c, key) != shared(first, key):
                 raise InputError(f"{f}: its {key} config differs from {folders[0]}'s; ensemble members must share it")
     splits = [split_run(c) for c in cfgs]
-    names = [([it.name for it in val], [it.name for it in held]) for _, val, held in splits]
-    for f, n in zip(folders[1:], names[1:]):
-        if n != names[0]:
-            raise InputError(f"{f}: validates or holds out other images than {folders[0]} "
-                             "(another train.seed or data.split_seed?)")
+    for f, (_, _, held) in zip(folders[1:], splits[1:]):
+        if [it.name for it in held] != [it.name for it in splits[0][2]]:
+            raise InputError(f"{f}: holds out other images than {folders[0]} "
+                             "(another train.seed, data.split_seed or data.holdout_fraction?)")
+    folds = validation_folds(folders, [val for _, val, _ in splits])
     most, count = int(RANGES["model.members"][1]), sum(c.model.members for c in cfgs)
     if count > most:  # from the configs, before any weights are read
         raise InputError(f"an ensemble holds at most {most} networks, these runs hold {count}")
-    nets, records = [], []
-    for f, c in zip(folders, cfgs):
+    nets, records, owner = [], [], []  # owner: the run folder index each network comes from
+    for i, (f, c) in enumerate(zip(folders, cfgs)):
         n, r = member_networks(f, c)
         nets += n
         records += r
+        owner += [i] * len(n)
     cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(nets)))
     module = build_model(cfg.model)
     for net, member in zip(nets, module.members):
@@ -491,7 +506,37 @@ def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = Non
     checkpoint.save_weights(out_dir / checkpoint.WEIGHTS, module)
     checkpoint.write_metrics(out_dir, {"members": records})
     _, val_items, holdout_items = splits[0]
-    return finish(out_dir, cfg, val_items, holdout_items)
+    if len(folds) == 1:
+        return finish(out_dir, cfg, val_items, holdout_items)
+    from .predict import load_model
+
+    seg = load_model(out_dir)  # the saved (fp16) weights, as the ensemble will predict
+    val_items, preds = [], []
+    for runs_of_fold in folds:
+        members = [k for k, i in enumerate(owner) if i in runs_of_fold]
+        fold_items = splits[runs_of_fold[0]][1]
+        preds += predict_items(dataclasses.replace(seg, module=seg.module.subset(members)), fold_items)
+        val_items += fold_items
+    return finish(out_dir, cfg, val_items, holdout_items, preds, out_of_fold=len(folds))
+
+
+def validation_folds(folders: list[Path], vals: list[list[Item]]) -> list[list[int]]:
+    """Runs grouped by their validation images (indices into ``folders``): one group when all share
+    them; else the groups must be disjoint, the folds of one cross-validation, or an error names the pair."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, val in enumerate(vals):
+        groups.setdefault(tuple(it.name for it in val), []).append(i)
+    keys = list(groups)
+    for a, ka in enumerate(keys):
+        for kb in keys[a + 1:]:
+            if set(ka) & set(kb):
+                raise InputError(f"{folders[groups[kb][0]]}: validates on some but not all of the images "
+                                 f"{folders[groups[ka][0]]} validates on; ensemble members must share their "
+                                 "validation images or, for cross-validation, validate on disjoint folds "
+                                 "(data.folds, data.fold, the same data.split_seed)")
+    if len(keys) > 1 and not all(keys):
+        raise InputError("a run without validation images cannot join a cross-validation ensemble")
+    return list(groups.values())
 
 
 def retune(model: str | Path, data: str | None = None) -> dict:
@@ -507,10 +552,13 @@ def retune(model: str | Path, data: str | None = None) -> dict:
     cfg = checkpoint.load_config(folder)
     if data:
         cfg = apply_overrides(cfg, [f"data.images={data}"])
+    recorded = checkpoint.read_metrics(folder)
+    if recorded.get("out_of_fold"):
+        raise InputError(f"{folder}: a cross-validation ensemble is tuned out-of-fold; build it again with "
+                         "`biounet ensemble` from its fold runs")
     _, val_items, holdout_items = split_run(cfg)
     if not val_items:
         raise InputError(f"{folder}: the run has no validation images to tune on (data.val_fraction = 0)")
-    recorded = checkpoint.read_metrics(folder)
     for part, items in (("val_items", val_items), ("holdout_items", holdout_items)):
         if part in recorded and recorded[part] != [it.name for it in items]:
             raise InputError(f"{folder}: {cfg.data.images} gives other {part.split('_')[0]} images than the model "

@@ -9,6 +9,7 @@ so any (H, W) works.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -300,10 +301,16 @@ class Ensemble(nn.Module):
     Geometry is the members' (they share ``cfg``).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, members: list[UNet] | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.members = nn.ModuleList(UNet(cfg) for _ in range(cfg.members))
+        self.cfg = dataclasses.replace(cfg, members=len(members)) if members else cfg
+        self.members = nn.ModuleList(members or (UNet(cfg) for _ in range(cfg.members)))
+
+    def subset(self, indices: list[int]) -> "UNet | Ensemble":
+        """The members at ``indices`` as one network, sharing their weights (one member: that U-Net);
+        how an out-of-fold ensemble predicts each fold with only the members that never trained on it."""
+        chosen = [self.members[i] for i in indices]
+        return chosen[0] if len(chosen) == 1 else Ensemble(self.cfg, chosen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = [m(x) for m in self.members]
