@@ -534,8 +534,9 @@ def validation_folds(folders: list[Path], vals: list[list[Item]]) -> list[list[i
                                  f"{folders[groups[ka][0]]} validates on; ensemble members must share their "
                                  "validation images or, for cross-validation, validate on disjoint folds "
                                  "(data.folds, data.fold, the same data.split_seed)")
-    if len(keys) > 1 and not all(keys):
-        raise InputError("a run without validation images cannot join a cross-validation ensemble")
+    if len(keys) > 1 and () in groups:
+        raise InputError(f"{folders[groups[()][0]]}: has no validation images, unlike "
+                         f"{folders[next(g for k, g in groups.items() if k)[0]]}; ensemble members must share them")
     return list(groups.values())
 
 

@@ -223,16 +223,16 @@ def split_items(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[Ite
     seeded random fraction. Folds are consecutive runs of the fraction's permutation, so fold 0 of
     ``1 / val_fraction`` folds is the fraction's validation set whenever both round to the same size."""
     n = len(items)
+    perm = np.random.default_rng(seed).permutation(n)  # one draw for both the folds and the fraction
     if cfg.val_indices:
         val_idx = sorted({i % n for i in cfg.val_indices})
     elif cfg.folds:
         if n < cfg.folds:
             raise InputError(f"data.folds = {cfg.folds} needs at least {cfg.folds} images, found {n}")
-        folds = np.array_split(np.random.default_rng(seed).permutation(n), cfg.folds)
-        val_idx = sorted(folds[cfg.fold].tolist())
+        val_idx = sorted(np.array_split(perm, cfg.folds)[cfg.fold].tolist())
     else:
         n_val = max(1, round(n * cfg.val_fraction)) if n > 1 and cfg.val_fraction > 0 else 0
-        val_idx = sorted(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+        val_idx = sorted(perm[:n_val].tolist())
     val_set = set(val_idx)
     train = [it for i, it in enumerate(items) if i not in val_set]
     if not train:
