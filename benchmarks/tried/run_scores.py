@@ -21,19 +21,20 @@ KEYS = ("epoch", "tuned_dsb", "tuned_ap50", "tuned_ap75", "out_of_fold",
 
 def run_scores(folder: Path) -> dict:
     """The scalar scores of one run, the validation fold it used and, for an ensemble, its members."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+    from biounet import checkpoint
+
+    metrics = checkpoint.read_metrics(folder)
     if "holdout_dsb" not in metrics:
         raise SystemExit(f"{folder}: metrics.json has no held-out score (trained without held-out images?)")
-    config = json.loads((folder / "config.json").read_text())
-    data = config.get("data", {})
+    cfg = checkpoint.load_config(folder)
     row = {k: metrics[k] for k in KEYS if k in metrics}
     row["n_validation"] = len(metrics.get("val_items", []))
     row["n_held_out"] = len(metrics.get("holdout_items", []))
     if "members" in metrics:  # an ensemble: its members' folds and seeds are theirs
         row["members"] = [m.get("run", "") for m in metrics["members"]]
     else:
-        row["fold"] = {"fold": data.get("fold", 0), "folds": data.get("folds", 0)}
-        row["seed"] = config.get("train", {}).get("seed")
+        row["fold"] = {"fold": cfg.data.fold, "folds": cfg.data.folds}
+        row["seed"] = cfg.train.seed
     return row
 
 
