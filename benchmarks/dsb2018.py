@@ -57,7 +57,7 @@ def main() -> None:
     from biounet.data.dsb import load_dsb_pair
     from biounet.metrics.instance import evaluate_instances
     from biounet.predict import load_model
-    from biounet.train import median_diameter
+    from biounet.tune import median_diameter
 
     model = args.model
     if args.train:

@@ -42,7 +42,7 @@ def main() -> None:
     from _report import MODALITY_NAMES, held_out_split, markdown_table
     from biounet.data.dataset import items_named, modality
     from biounet.metrics.instance import evaluate_instances
-    from biounet.train import predict_items, tune_post
+    from biounet.tune import predict_items, tune_post
 
     sp = held_out_split(args.model, args.data)
     seg, task = sp.seg, sp.task

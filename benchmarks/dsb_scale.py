@@ -37,7 +37,7 @@ def main() -> None:
 
     from _report import MODALITY_NAMES, held_out_split, markdown_table
     from biounet.data.dataset import items_named, modality
-    from biounet.train import median_diameter
+    from biounet.tune import median_diameter
 
     sp = held_out_split(args.model, args.data)
     seg, task, items = sp.seg, sp.task, sp.items

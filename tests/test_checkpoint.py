@@ -151,3 +151,57 @@ def test_truncated_weights_are_a_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"w.safetensors: cannot read weights") as err:
         load_weights(tmp_path / "w.safetensors", net)
     assert "\n" not in str(err.value)
+
+
+def test_shipped_metrics_json_load_unchanged_as_typed_records():
+    """The shipped metrics.json files (format 1: no "format" key) read into RunMetrics and back to the same dict."""
+    import json
+
+    from biounet.checkpoint import METRICS, load_metrics, read_metrics, shipped_models
+
+    folders = shipped_models()
+    assert folders
+    for name, folder in folders.items():
+        on_disk = json.loads((folder / METRICS).read_text())
+        assert "format" not in on_disk
+        assert read_metrics(folder) == on_disk, name
+        m = load_metrics(folder)
+        assert m.tuned and m.post == on_disk["post"] and m.val_items == tuple(on_disk["val_items"])
+    nuclei = load_metrics(folders["dsb2018-nuclei"])
+    assert len(nuclei.members) == 3 and nuclei.object_diameter > 0 and nuclei.epoch is None
+    assert set(nuclei.holdout) == {"dsb", "ap50", "ap75"} and len(nuclei.holdout_items) > 0
+    membrane = load_metrics(folders["isbi2012-membrane"])
+    assert membrane.epoch == 50 and membrane.scores["n_slices"] == 5 and not membrane.holdout
+
+
+def test_metrics_json_is_written_with_its_format_and_read_back(tmp_path):
+    import json
+
+    from biounet.checkpoint import METRICS_FORMAT, RunMetrics, load_metrics, save_metrics, write_metrics
+
+    m = RunMetrics(epoch=3, scores={"dice": 0.5}, tuned={"dice": 0.6}, holdout={"dice": 0.55},
+                   post={"threshold": 0.4}, val_items=("a",), holdout_items=("b",), extra={"record": {"run": "x"}})
+    save_metrics(tmp_path, m)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == {"format": METRICS_FORMAT, "epoch": 3, "dice": 0.5, "tuned_dice": 0.6, "post": {"threshold": 0.4},
+                       "val_items": ["a"], "holdout_dice": 0.55, "holdout_items": ["b"], "record": {"run": "x"}}
+    assert load_metrics(tmp_path) == m
+    write_metrics(tmp_path, {"epoch": 1, "v_rand": 0.9})  # the dict view goes through the record too
+    assert load_metrics(tmp_path) == RunMetrics(epoch=1, scores={"v_rand": 0.9})
+    assert load_metrics(tmp_path / "none") == RunMetrics()
+
+
+def test_newer_or_mistyped_metrics_json_is_a_clear_error(tmp_path):
+    import json
+
+    from biounet.checkpoint import load_metrics
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"format": 99, "epoch": 1}))
+    with pytest.raises(InputError, match=r"metrics.json: metrics format 99 is newer than this biounet reads"):
+        load_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_items": "a.png"}))
+    with pytest.raises(InputError, match=r"metrics.json: val_items must be a list of names, got 'a.png'"):
+        load_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="metrics.json: expected a JSON object"):
+        load_metrics(tmp_path)

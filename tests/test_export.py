@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biounet.export import labels_to_rles, read_submission, rle_decode, rle_encode, write_submission
+from biounet.data.dsb import read_submission, write_submission
+from biounet.labels import labels_to_rles, rle_decode, rle_encode
 from biounet.io import InputError
 
 
@@ -183,3 +184,19 @@ def test_export_refuses_unknown_formats_and_models(tmp_path):
     with pytest.raises(InputError, match=r"m\.onnx: --format torchscript writes a file ending in \.pt or \.pth or \.ts"):
         export_model("dsb2018-nuclei", "torchscript", tmp_path / "m.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["a.tif"] and image.read_bytes() == b"image"
+
+
+def test_onnx_export_without_the_onnx_package_names_the_extra(tmp_path, monkeypatch):
+    """``biounet export --format onnx`` without onnx: one line naming ``biounet[onnx]``, not torch's traceback."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from biounet.cli import app
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError, as when not installed
+    res = CliRunner().invoke(app, ["export", "--format", "onnx", "--model", "isbi2012-membrane",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0 and "pip install 'biounet[onnx]'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "m.onnx").exists()

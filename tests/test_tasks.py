@@ -152,7 +152,7 @@ def test_every_shipped_config_builds(path):
 
 def test_tuning_refines_the_grids_best_setting_with_the_objects_the_network_is_unsure_of():
     """The nuclei task tunes min_score after its grid: a faint false object is dropped only by that stage."""
-    from biounet.train import tune_post
+    from biounet.tune import tune_post
 
     task = get_task(build_config({"task": "nuclei"}))
     truth = np.zeros((48, 64), dtype=np.int32)

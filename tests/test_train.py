@@ -75,9 +75,22 @@ def test_resume_continues_exactly(stack_files, tmp_path, extra, key):
 
 
 def test_valid_padding_and_weight_map_train(stack_files, tmp_path):
+    import biounet.train as train_module
+
     cfg = tiny_config(*stack_files, **{"model.padding": "valid", "data.weight_map": "true",
                                        "data.patch_size": 44, "train.epochs": 1})
-    train(cfg, tmp_path / "run", progress=False)
+    with patch("biounet.train.train_step", wraps=train_module.train_step) as step:
+        train(cfg, tmp_path / "run", progress=False)
+    run, batch = step.call_args_list[0].args
+    w = batch["weight"]  # the paper's map: class balance, plus w0 between close objects
+    assert w.shape == batch["target"].shape and torch.isfinite(w).all() and w.min() > 0
+    assert w.max() > 2 * w.min()  # not a constant: some pixels weigh much more than others
+    with torch.no_grad():
+        logits = run.model(batch["image"])
+        assert logits.shape[-1] < batch["image"].shape[-1]  # valid padding: the output is the patch less its margin
+        y, wc = train_module._crop_to(batch["target"], logits), train_module._crop_to(w, logits)
+        weighted, plain = run.loss_fn(logits, y, wc).item(), run.loss_fn(logits, y, None).item()
+    assert np.isfinite(weighted) and np.isfinite(plain) and abs(weighted - plain) > 1e-3 * plain  # the map weighs
     seg = load_model(tmp_path / "run")
     assert seg.predict(np.zeros((30, 41), np.uint8)).shape == (30, 41)
 
@@ -92,7 +105,19 @@ def test_sgd_and_binary_target(stack_files, tmp_path):
     cfg = tiny_config(*stack_files, **{"train.optimizer": "sgd", "train.lr": 0.01, "task": "binary",
                                        "data.foreground": "zero", "train.loss": "bce", "train.schedule": "step"})
     result = train(cfg, tmp_path / "run", progress=False)
-    assert "tuned_dice" in result
+    hist = read_history(tmp_path / "run")
+    assert [h["lr"] for h in hist] == pytest.approx([1e-3, 1e-4])  # the step schedule: x0.1 per epochs // 3 (>= 1)
+    assert all(0 < h["loss"] < 2 for h in hist)  # finite binary cross-entropy
+    assert 0 <= result["tuned_iou"] <= result["tuned_dice"] <= 1
+    opt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+    assert opt["param_groups"][0]["momentum"] == cfg.train.momentum
+    assert all("momentum_buffer" in s for s in opt["state"].values())  # SGD's own state, not Adam's moments
+    from biounet.train import setup, train_step
+
+    run = setup(cfg, tmp_path / "steps")
+    batch = next(iter(run.loader))
+    before = train_step(run, batch)
+    assert train_step(run, batch) < before  # one SGD step on a batch lowers that batch's loss
 
 
 @pytest.mark.parametrize("optimizer,expected", [
@@ -188,7 +213,7 @@ def test_holdout_images_are_never_trained_or_tuned_on_and_scored_once(stack_file
 
 
 def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a_run(stack_files, tmp_path):
-    from biounet.train import ensemble
+    from biounet.tune import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
@@ -218,7 +243,7 @@ def test_ensemble_averages_the_runs_probabilities_and_is_tuned_and_scored_like_a
 
 def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_path):
     from biounet.io import InputError
-    from biounet.train import ensemble
+    from biounet.tune import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
@@ -232,7 +257,7 @@ def test_ensemble_refuses_runs_that_split_the_data_differently(stack_files, tmp_
 
 def test_ensemble_takes_runs_of_other_seeds_that_fix_the_split(stack_files, tmp_path):
     """Two initialisations (train.seed 0 and 3) on one split (data.split_seed=0) make an ensemble."""
-    from biounet.train import ensemble
+    from biounet.tune import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)
@@ -247,8 +272,8 @@ def test_a_cross_validation_ensemble_tunes_each_fold_on_the_members_that_never_t
                                                                                              tmp_path):
     """Runs on folds 0 and 1 of 3 (data.folds): every validation image is predicted by its own fold's run only
     (out-of-fold), the thresholds are tuned on both folds' images, the held-out one is scored by both runs."""
-    from biounet import train as train_mod
-    from biounet.train import ensemble, retune
+    from biounet import tune as tune_mod
+    from biounet.tune import ensemble, retune
 
     base = {"data.val_indices": "[]", "data.holdout_fraction": 0.25, "data.folds": 3, "train.epochs": 1}
     for k in (0, 1):
@@ -258,13 +283,13 @@ def test_a_cross_validation_ensemble_tunes_each_fold_on_the_members_that_never_t
     assert len(runs[0]["val_items"]) == 1 and runs[0]["val_items"] != runs[1]["val_items"]
 
     calls = []
-    real = train_mod.predict_items
+    real = tune_mod.predict_items
 
     def spy(seg, items):
         calls.append(([it.name for it in items], seg.module))
         return real(seg, items)
 
-    with patch.object(train_mod, "predict_items", spy):
+    with patch.object(tune_mod, "predict_items", spy):
         result = ensemble([tmp_path / "f0", tmp_path / "f1"], tmp_path / "cv")
     assert result["out_of_fold"] == 2 and result["val_items"] == runs[0]["val_items"] + runs[1]["val_items"]
     assert {"tuned_v_rand", "holdout_v_rand"} <= set(result)
@@ -307,13 +332,13 @@ def test_split_seed_keeps_the_split_while_train_seed_changes():
     """data.split_seed fixes which images are held out and validated; train.seed alone moves them."""
     from biounet.config import DataConfig
     from biounet.data.dataset import Item
-    from biounet.train import split_run
+    from biounet.data.dataset import split_run
 
     items = [Item(name=f"im{i}", kind="file", image=f"im{i}.tif") for i in range(40)]
     base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
 
     def names(cfg):
-        with patch("biounet.train.items_from_config", return_value=items):
+        with patch("biounet.data.dataset.items_from_config", return_value=items):
             return [[it.name for it in part] for part in split_run(cfg)]
 
     seed0 = names(base)
@@ -333,7 +358,7 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
     from biounet.config import DataConfig
     from biounet.data.dataset import Item, modality
     from biounet.io import InputError
-    from biounet.train import split_run
+    from biounet.data.dataset import split_run
 
     rng = np.random.default_rng(0)
     items = []
@@ -349,7 +374,7 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
     base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
 
     def parts(cfg):
-        with patch("biounet.train.items_from_config", return_value=items):
+        with patch("biounet.data.dataset.items_from_config", return_value=items):
             return [[it.name for it in part] for part in split_run(cfg)]
 
     colour = {f"im{i}" for i in range(0, 30, 3)}
@@ -365,7 +390,7 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
 
 def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_files, tmp_path):
     from biounet.io import InputError
-    from biounet.train import retune
+    from biounet.tune import retune
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     first = train(tiny_config(*stack_files, **base), tmp_path / "run", progress=False)
@@ -386,7 +411,7 @@ def test_retune_tunes_a_finished_run_again_on_its_own_validation_images(stack_fi
 def test_ensemble_takes_a_run_trained_with_the_weight_map(stack_files, tmp_path):
     """The weight map only weighs the loss, and dropout and the patch sampling act in training only: a run
     with them and one without average like any two runs."""
-    from biounet.train import ensemble
+    from biounet.tune import ensemble
 
     base = {"data.val_indices": "[]", "data.val_fraction": 0.34, "data.holdout_fraction": 0.25, "train.epochs": 1}
     train(tiny_config(*stack_files, **base), tmp_path / "a", progress=False)

@@ -22,7 +22,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from biounet import checkpoint
-    from biounet.train import member_networks
+    from biounet.tune import member_networks
 
     folder = checkpoint.resolve_model(args.model)
     cfg = checkpoint.load_config(folder)

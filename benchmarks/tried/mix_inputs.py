@@ -38,7 +38,7 @@ def main() -> None:
     from biounet.metrics.instance import evaluate_instances
     from biounet.predict import load_model
     from biounet.tasks import apply_overrides, get_task
-    from biounet.train import tune_post
+    from biounet.tune import tune_post
 
     base, other = load_model(args.model), load_model(args.other)
     for part, names in (("validation", validation_names), ("held-out", lambda r: unseen_images(r)[1])):

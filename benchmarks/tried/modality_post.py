@@ -29,7 +29,7 @@ def main() -> None:
 
     from _report import MODALITY_NAMES, held_out_split, markdown_table
     from biounet.data.dataset import items_named, modality
-    from biounet.train import tune_post
+    from biounet.tune import tune_post
 
     sp = held_out_split(args.model, args.data)
     seg, task = sp.seg, sp.task

@@ -200,12 +200,12 @@ def main() -> None:
     import torch
 
     from _report import MODALITY_NAMES, modality_means
-    from biounet.data.dataset import modality
+    from biounet.data.dataset import modality, split_run
     from biounet.metrics.instance import dsb_score, evaluate_instances
     from biounet.models.unet import build_model
     from biounet.normalize import network_input
     from biounet.tasks import apply_overrides, load_config
-    from biounet.train import seed_everything, split_run
+    from biounet.train import seed_everything
 
     cfg = apply_overrides(load_config(args.config), [f"data.images={args.data}", *args.set])
     train_items, val_items, held_items = split_run(cfg)

@@ -6,6 +6,7 @@ Layout of a run (and of a shipped model)::
     model.safetensors  weights of the best-by-validation epoch
     thresholds.json    post-processing thresholds tuned on validation data
     metrics.json       validation scores of the saved weights, the validation image names, object diameter
+                       (one typed record, RunMetrics, with its own "format")
     last.pt            training state for --resume (model, optimizer, scheduler, epoch, RNG)
     history.jsonl      one JSON line per epoch
     curve.png          training curves
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from .tasks import build_config
 from .io import InputError, atomic_path
 
 FORMAT = 2  # 2: "task" key, no train.val_metric, train.channels_last
+METRICS_FORMAT = 2  # metrics.json: 2 says "format" (read through RunMetrics); 1 did not
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 CONFIG, WEIGHTS, THRESHOLDS, METRICS = "config.json", "model.safetensors", "thresholds.json", "metrics.json"
@@ -52,6 +55,17 @@ def resolve_model(name_or_path: str | Path) -> Path:
     models = shipped_models()
     if str(name_or_path) in models:
         return models[str(name_or_path)]
+    if path.is_file():  # a file of a model, or an export, given for its folder
+        folder = path.parent if (path.parent / CONFIG).is_file() else None
+        if path.suffix.lower() == ".onnx":
+            raise InputError(
+                f"{path}: an ONNX export is for other runtimes (ONNX Runtime, OpenCV, ...); --model takes a model "
+                f"folder{f' ({folder})' if folder else ''}, or a shipped model's name (add --backend onnxruntime "
+                "to run that folder on ONNX Runtime)")
+        if folder is not None:
+            raise InputError(f"{path}: is a file of the model folder {folder}; pass the folder: --model {folder}")
+        raise InputError(f"{path}: is a file; --model takes a model folder (holding {CONFIG} and {WEIGHTS}) "
+                         f"or a shipped model's name (shipped: {', '.join(models) or 'none'})")
     raise InputError(
         f"{name_or_path}: not a model folder (no {CONFIG}) nor a shipped model (shipped: {', '.join(models) or 'none'})"
     )
@@ -215,19 +229,129 @@ def load_post(run_dir: Path, default: PostConfig) -> PostConfig:
         raise InputError(f"{path}: {exc}") from None
 
 
-def read_metrics(run_dir: Path) -> dict:
-    """metrics.json of a run ({} before the first validation)."""
+@dataclass(frozen=True)
+class RunMetrics:
+    """metrics.json as one typed record: what a run or model knows about its saved weights.
+
+    On disk the layout is flat, as it always was (``"epoch"``, the validation scores of
+    the best epoch by name, ``"tuned_<score>"``, ``"holdout_<score>"``, ...) plus
+    ``"format"`` (:data:`METRICS_FORMAT`); a file without ``"format"`` (format 1, the
+    shipped models') reads the same way. Keys this version does not know are kept in
+    ``extra`` and written back unchanged.
+    """
+
+    epoch: int | None = None  # the best epoch, as training saved it (none for an ensemble)
+    scores: dict[str, float] = field(default_factory=dict)  # that epoch's validation scores, untuned post-processing
+    tuned: dict[str, float] = field(default_factory=dict)  # validation scores at the tuned post-processing
+    holdout: dict[str, float] = field(default_factory=dict)  # held-out scores at the post-processing validation chose
+    post: dict | None = None  # the tuned post-processing (thresholds.json holds it too)
+    object_diameter: float | None = None  # median object diameter (px) of the validation labels, instance tasks
+    val_items: tuple[str, ...] = ()  # the images validated (and tuned) on
+    holdout_items: tuple[str, ...] = ()  # the images held out, scored once
+    members: tuple[dict, ...] = ()  # an ensemble's member runs (folder, epochs, minutes)
+    out_of_fold: int = 0  # folds of a cross-validation ensemble tuned out-of-fold (0: not one)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | Path = METRICS) -> "RunMetrics":
+        """The record of a metrics.json dict of any readable format; a known key of the wrong type is an
+        :class:`InputError` naming ``source``."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a JSON object")
+        version = data.get("format", 1)
+        if not isinstance(version, int) or version > METRICS_FORMAT:
+            raise InputError(f"{source}: metrics format {version} is newer than this biounet reads "
+                             f"(up to {METRICS_FORMAT}); upgrade biounet to use it")
+        fields_: dict[str, Any] = {"scores": {}, "tuned": {}, "holdout": {}, "extra": {}}
+
+        def check(key: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise InputError(f"{source}: {key} must be {what}, got {data[key]!r:.60}")
+
+        for key, value in data.items():
+            if key == "format":
+                continue
+            if key in ("epoch", "out_of_fold"):
+                check(key, _is_int(value) or (key == "epoch" and value is None), "a whole number")
+                fields_[key] = value
+            elif key == "object_diameter":
+                check(key, _is_number(value), "a number")
+                fields_[key] = value
+            elif key == "post":
+                check(key, isinstance(value, dict), "an object")
+                fields_[key] = dict(value)
+            elif key in ("val_items", "holdout_items"):
+                check(key, isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names")
+                fields_[key] = tuple(value)
+            elif key == "members":
+                check(key, isinstance(value, list) and all(isinstance(v, dict) for v in value), "a list of objects")
+                fields_[key] = tuple(dict(v) for v in value)
+            elif key.startswith("tuned_") and _is_number(value):
+                fields_["tuned"][key[len("tuned_"):]] = value
+            elif key.startswith("holdout_") and _is_number(value):
+                fields_["holdout"][key[len("holdout_"):]] = value
+            elif _is_number(value):
+                fields_["scores"][key] = value
+            else:
+                fields_["extra"][key] = value
+        return cls(**fields_)
+
+    def as_dict(self) -> dict:
+        """The flat dict metrics.json holds (without ``"format"``): fields left empty are left out."""
+        out: dict[str, Any] = {} if self.epoch is None else {"epoch": self.epoch}
+        out.update(self.scores)
+        if self.members:
+            out["members"] = [dict(m) for m in self.members]
+        if self.out_of_fold:
+            out["out_of_fold"] = self.out_of_fold
+        out.update({"tuned_" + k: v for k, v in self.tuned.items()})
+        if self.post is not None:
+            out["post"] = dict(self.post)
+        if self.object_diameter is not None:
+            out["object_diameter"] = self.object_diameter
+        if self.val_items:
+            out["val_items"] = list(self.val_items)
+        out.update({"holdout_" + k: v for k, v in self.holdout.items()})
+        if self.holdout_items:
+            out["holdout_items"] = list(self.holdout_items)
+        out.update(self.extra)
+        return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_metrics(run_dir: Path) -> RunMetrics:
+    """The metrics.json record of a run or model folder (an empty one before the first validation)."""
     path = Path(run_dir) / METRICS
-    return read_json(path) if path.is_file() else {}
+    return RunMetrics.from_dict(read_json(path), path) if path.is_file() else RunMetrics()
 
 
-def write_metrics(run_dir: Path, metrics: dict) -> None:
-    write_json(Path(run_dir) / METRICS, metrics)
+def save_metrics(run_dir: Path, metrics: RunMetrics) -> None:
+    """metrics.json from ``metrics``, in the current format."""
+    write_json(Path(run_dir) / METRICS, {"format": METRICS_FORMAT, **metrics.as_dict()})
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """metrics.json of a run as a flat dict ({} before the first validation): :meth:`RunMetrics.as_dict`."""
+    return load_metrics(run_dir).as_dict()
+
+
+def write_metrics(run_dir: Path, metrics: dict | RunMetrics) -> None:
+    """metrics.json from a record or a flat dict (checked as :meth:`RunMetrics.from_dict` reads it)."""
+    if isinstance(metrics, dict):
+        metrics = RunMetrics.from_dict(metrics, Path(run_dir) / METRICS)
+    save_metrics(run_dir, metrics)
 
 
 def validation_names(run_dir: Path) -> list[str]:
     """Names of the images a finished run validated on (and so never trained on)."""
-    names = read_metrics(run_dir).get("val_items")
+    names = load_metrics(run_dir).val_items
     if not names:
         raise InputError(f"{Path(run_dir) / METRICS}: records no validation images (run not finished?)")
     return list(names)
@@ -272,7 +396,7 @@ def training_minutes(run_dir: Path) -> tuple[int, float]:
 
 def unseen_images(run_dir: Path) -> tuple[str, list[str]]:
     """("holdout", names) if the run held images out (nothing was picked on them), else ("val", names)."""
-    held = read_metrics(run_dir).get("holdout_items")
+    held = load_metrics(run_dir).holdout_items
     return ("holdout", list(held)) if held else ("val", validation_names(run_dir))
 
 

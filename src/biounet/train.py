@@ -5,9 +5,10 @@
 epoch: trains on random augmented patches (:func:`train_epoch`), predicts the
 whole validation images and scores them with the task's metric
 (:func:`validate`), keeps the best weights and saves a resumable state
-(:func:`save_state`). :func:`finish` tunes post-processing on the validation
-images at the end. Under ``torchrun`` it runs data-parallel (DDP); validation
-and checkpoints happen on rank 0 only. What is scored and how is the task's
+(:func:`save_state`). At the end, :func:`biounet.tune.finish` tunes
+post-processing on the validation images and scores the held-out ones. Under
+``torchrun`` it runs data-parallel (DDP); validation and checkpoints happen on
+rank 0 only. What is scored and how is the task's
 business (:mod:`biounet.tasks`); the loop never asks what kind of run it is.
 """
 from __future__ import annotations
@@ -29,17 +30,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .config import RANGES, PostConfig, RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig
 from .io import InputError
-from .data.dataset import Item, PatchDataset, items_from_config, keep_modalities, split_holdout, split_items
+from .data.dataset import Item, PatchDataset, split_run
 from .losses import LossFn, get_loss
 from .models.unet import build_model
 from .predict import Segmenter
 from .tasks import Task, get_task
+from .tune import finish, predict_items, score_predictions, tune_post
 
 log = logging.getLogger(__name__)
-
-Prediction = tuple[str, np.ndarray, np.ndarray]  # (name, probabilities (K, H, W), raw labels (H, W))
 
 
 # ---- set-up -------------------------------------------------------------------
@@ -67,35 +67,6 @@ def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.epochs // 3), gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
-# ---- validation ---------------------------------------------------------------
-def predict_items(seg: Segmenter, items: list[Item]) -> list[Prediction]:
-    """(name, probabilities (K, H, W), raw labels) for each validation image."""
-    out = []
-    for item in items:
-        img, lab = item.load()
-        out.append((item.name, seg.predict_prepared(seg.view(img, item.name)), lab))  # normalized as at prediction
-    return out
-
-
-def score_predictions(task: Task, preds: list[Prediction], post: PostConfig) -> dict[str, float]:
-    """The task's validation scores of ``preds`` post-processed with ``post``."""
-    return task.scores([lab for _, _, lab in preds], [task.segment(p, post) for _, p, _ in preds])
-
-
-def tune_post(task: Task, preds: list[Prediction], base: PostConfig, grid: dict[str, list] | None = None,
-              refine: dict[str, list] | None = None) -> tuple[PostConfig, dict[str, float]]:
-    """Grid-search post-processing on validation predictions: the task's ``grid``, then its ``refine``
-    grid around the best setting (``grid``/``refine`` given here replace the task's; ``{}`` skips)."""
-    from .postprocess import tune_thresholds
-
-    probs, truths = [p for _, p, _ in preds], [lab for _, _, lab in preds]
-    best, _ = tune_thresholds(probs, truths, task.segment, task.image_score, task.grid if grid is None else grid, base)
-    refine = task.refine if refine is None else refine
-    if refine:
-        best, _ = tune_thresholds(probs, truths, task.segment, task.image_score, refine, best)
-    return best, score_predictions(task, preds, best)
 
 
 # ---- one run --------------------------------------------------------------------
@@ -238,21 +209,6 @@ def swa_lr_factor(epoch: int, start: int, floor: float) -> float:
     return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * epoch / start)) / 2.0
 
 
-def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
-    """(training, validation, held-out) items of a run: seeded by ``data.split_seed`` (default
-    ``train.seed``), so reproducible."""
-    seed = cfg.data.split_seed if cfg.data.split_seed >= 0 else cfg.train.seed
-    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, seed)
-    # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
-    train_items, val_items = split_items(rest, cfg.data, seed + (1 if holdout_items else 0))
-    parts = (train_items, val_items, holdout_items)
-    if cfg.data.modalities:  # after the split, so each part is the unfiltered run's, less other modalities
-        parts = tuple(keep_modalities(p, cfg.data.modalities) for p in parts)
-        if not parts[0]:
-            raise InputError(f"{cfg.data.images}: no training image of modality {', '.join(cfg.data.modalities)}")
-    return parts
-
-
 # ---- the loop -------------------------------------------------------------------
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train per ``cfg`` into ``run_dir``; returns the best validation scores (rank 0)."""
@@ -337,7 +293,7 @@ def keep_if_best(run: Run, epoch: int, scores: dict[str, float]) -> None:
     if scores[run.task.metric] > run.best:
         run.best, run.stale = scores[run.task.metric], 0
         checkpoint.save_weights(run.run_dir / checkpoint.WEIGHTS, run.kept)
-        checkpoint.write_metrics(run.run_dir, {"epoch": epoch + 1, **scores})
+        checkpoint.save_metrics(run.run_dir, checkpoint.RunMetrics(epoch=epoch + 1, scores=scores))
     else:
         run.stale += 1
 
@@ -394,201 +350,6 @@ def restore_state(run: Run, state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(_numpy_state_from(state["numpy_rng"]))
     random.setstate(_to_tuple(state["python_rng"]))
-
-
-# ---- after training -----------------------------------------------------------------
-def finish(run_dir: Path, cfg: RunConfig, val_items: list[Item], holdout_items: list[Item] = (),
-           val_preds: list[Prediction] | None = None, out_of_fold: int = 0) -> dict:
-    """Reload the best weights, tune post-processing on validation (none: the config's), save thresholds + metrics.
-
-    Held-out images are scored last, with the epoch and post-processing the
-    validation images chose: ``holdout_*`` is the selection-free score.
-    ``val_preds`` replaces the model's own predictions of ``val_items`` (out-of-fold ones from
-    ``out_of_fold`` folds: see :func:`ensemble`).
-    """
-    from .predict import load_model
-
-    seg = load_model(run_dir)
-    task = get_task(cfg)
-    metrics = checkpoint.read_metrics(run_dir)
-    if out_of_fold:
-        metrics["out_of_fold"] = out_of_fold
-    if val_items:
-        preds = predict_items(seg, val_items) if val_preds is None else val_preds
-        post, scores = tune_post(task, preds, cfg.post)
-        metrics.update({"tuned_" + k: v for k, v in scores.items()})
-        if task.instances:
-            metrics["object_diameter"] = median_diameter([lab for _, _, lab in preds])
-        metrics["val_items"] = [it.name for it in val_items]
-    else:  # nothing to tune on: the config's post-processing, and the held-out images still scored with it
-        post = cfg.post
-    checkpoint.save_post(run_dir, post)
-    if not val_items and not holdout_items:
-        return {}
-    metrics["post"] = dataclasses.asdict(post)
-    if holdout_items:
-        held = score_predictions(task, predict_items(seg, holdout_items), post)
-        metrics.update({"holdout_" + k: v for k, v in held.items()})
-        metrics["holdout_items"] = [it.name for it in holdout_items]
-    checkpoint.write_metrics(run_dir, metrics)
-    return metrics
-
-
-def ensemble(runs: list[str | Path], out_dir: str | Path, data: str | None = None) -> dict:
-    """Average finished runs' probabilities in one model folder, then tune and score it like a run.
-
-    The runs must share task, model shape, data and held-out images, so that no
-    member trained on an image the ensemble is scored on; their training settings
-    (loss weights, the weight map, schedule) may differ. They validate on the same
-    images, or on disjoint ones (the folds of a cross-validation, ``data.folds``):
-    then the post-processing is tuned out-of-fold, each fold's images predicted by
-    the members that validated on them (never trained on them), on all folds together.
-    A folder that is an ensemble already (a shipped model) gives its members, so a new
-    network can join one whose member runs are gone; a cross-validation ensemble cannot
-    (its members trained on each other's folds). Every network weighs the same. Members may
-    differ in dropout, which acts in training only. Thresholds are tuned on the validation
-    images and the held-out ones are scored once (:func:`finish`). ``data`` replaces
-    ``data.images`` when the data has moved since training.
-    """
-    from .tasks import apply_overrides
-
-    if len(runs) < 2:
-        raise InputError("an ensemble needs at least two runs")
-    folders = [checkpoint.resolve_model(r) for r in runs]
-    for f in folders:
-        if checkpoint.read_metrics(f).get("out_of_fold"):
-            raise InputError(f"{f}: is a cross-validation ensemble, whose members trained on each other's "
-                             "validation folds; give its fold runs instead")
-    cfgs = [checkpoint.load_config(f) for f in folders]
-    if data:
-        cfgs = [apply_overrides(c, [f"data.images={data}"]) for c in cfgs]
-    first = cfgs[0]
-
-    def shared(c: RunConfig, key: str) -> Any:
-        # the split seed may differ (-1 = train.seed): the drawn images themselves are compared below;
-        # the weight map only weighs the training loss, so members may differ in it as in class weights,
-        # and dropout acts in training only, as do the patch size and count (how training samples images)
-        part = getattr(c, key)
-        if key == "model":
-            return dataclasses.replace(part, members=1, dropout=0.0)
-        if key != "data":
-            return part
-        return dataclasses.replace(part, split_seed=-1, weight_map=False, w0=0.0, sigma=0.0,
-                                   weight_kind="paper", patch_size=0, patches_per_epoch=0,
-                                   val_fraction=0.0, val_indices=(), folds=0, fold=0)
-
-    for f, c in zip(folders[1:], cfgs[1:]):
-        for key in ("task", "model", "data"):
-            if shared(c, key) != shared(first, key):
-                raise InputError(f"{f}: its {key} config differs from {folders[0]}'s; ensemble members must share it")
-    splits = [split_run(c) for c in cfgs]
-    for f, (_, _, held) in zip(folders[1:], splits[1:]):
-        if [it.name for it in held] != [it.name for it in splits[0][2]]:
-            raise InputError(f"{f}: holds out other images than {folders[0]} "
-                             "(another train.seed, data.split_seed or data.holdout_fraction?)")
-    folds = validation_folds(folders, [val for _, val, _ in splits])
-    most, count = int(RANGES["model.members"][1]), sum(c.model.members for c in cfgs)
-    if count > most:  # from the configs, before any weights are read
-        raise InputError(f"an ensemble holds at most {most} networks, these runs hold {count}")
-    nets, records, owner = [], [], []  # owner: the run folder index each network comes from
-    for i, (f, c) in enumerate(zip(folders, cfgs)):
-        n, r = member_networks(f, c)
-        nets += n
-        records += r
-        owner += [i] * len(n)
-    cfg = dataclasses.replace(first, model=dataclasses.replace(first.model, members=len(nets)))
-    module = build_model(cfg.model)
-    for net, member in zip(nets, module.members):
-        member.load_state_dict(net.state_dict())
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_config(out_dir, cfg)
-    checkpoint.save_weights(out_dir / checkpoint.WEIGHTS, module)
-    checkpoint.write_metrics(out_dir, {"members": records})
-    _, val_items, holdout_items = splits[0]
-    if len(folds) == 1:
-        return finish(out_dir, cfg, val_items, holdout_items)
-    from .predict import load_model
-
-    seg = load_model(out_dir)  # the saved (fp16) weights, as the ensemble will predict
-    val_items, preds = [], []
-    for runs_of_fold in folds:
-        members = [k for k, i in enumerate(owner) if i in runs_of_fold]
-        fold_items = splits[runs_of_fold[0]][1]
-        preds += predict_items(dataclasses.replace(seg, module=seg.module.subset(members)), fold_items)
-        val_items += fold_items
-    return finish(out_dir, cfg, val_items, holdout_items, preds, out_of_fold=len(folds))
-
-
-def validation_folds(folders: list[Path], vals: list[list[Item]]) -> list[list[int]]:
-    """Runs grouped by their validation images (indices into ``folders``): one group when all share
-    them; else the groups must be disjoint, the folds of one cross-validation, or an error names the pair."""
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, val in enumerate(vals):
-        groups.setdefault(tuple(it.name for it in val), []).append(i)
-    keys = list(groups)
-    for a, ka in enumerate(keys):
-        for kb in keys[a + 1:]:
-            if set(ka) & set(kb):
-                raise InputError(f"{folders[groups[kb][0]]}: validates on some but not all of the images "
-                                 f"{folders[groups[ka][0]]} validates on; ensemble members must share their "
-                                 "validation images or, for cross-validation, validate on disjoint folds "
-                                 "(data.folds, data.fold, the same data.split_seed)")
-    if len(keys) > 1 and () in groups:
-        raise InputError(f"{folders[groups[()][0]]}: has no validation images, unlike "
-                         f"{folders[next(g for k, g in groups.items() if k)[0]]}; ensemble members must share them")
-    return list(groups.values())
-
-
-def retune(model: str | Path, data: str | None = None) -> dict:
-    """Tune a finished model's post-processing again on its validation images and score its held-out
-    ones once (:func:`finish`): for a model trained before the task's grid gained a setting.
-
-    The split is drawn again from the saved config, so it must give the images the model recorded;
-    ``data`` replaces ``data.images`` when the data has moved since training.
-    """
-    from .tasks import apply_overrides
-
-    folder = checkpoint.resolve_model(model)
-    cfg = checkpoint.load_config(folder)
-    if data:
-        cfg = apply_overrides(cfg, [f"data.images={data}"])
-    recorded = checkpoint.read_metrics(folder)
-    if recorded.get("out_of_fold"):
-        raise InputError(f"{folder}: a cross-validation ensemble is tuned out-of-fold; build it again with "
-                         "`biounet ensemble` from its fold runs")
-    _, val_items, holdout_items = split_run(cfg)
-    if not val_items:
-        raise InputError(f"{folder}: the run has no validation images to tune on (data.val_fraction = 0)")
-    for part, items in (("val_items", val_items), ("holdout_items", holdout_items)):
-        if part in recorded and recorded[part] != [it.name for it in items]:
-            raise InputError(f"{folder}: {cfg.data.images} gives other {part.split('_')[0]} images than the model "
-                             "recorded (other data?)")
-    return finish(folder, cfg, val_items, holdout_items)
-
-
-def member_networks(folder: Path, cfg: RunConfig) -> tuple[list[torch.nn.Module], list[dict]]:
-    """The U-Nets a run (one) or an ensemble folder (its members) holds, with their training records."""
-    _, module = checkpoint.load_module(folder)
-    if cfg.model.members == 1:
-        return [module], [member_record(folder)]
-    records = checkpoint.read_metrics(folder).get("members") or []
-    if len(records) != cfg.model.members:
-        records = [{"run": f"{folder} (member {i + 1})"} for i in range(cfg.model.members)]
-    return list(module.members), records
-
-
-def member_record(run_dir: Path) -> dict:
-    """An ensemble member's folder, epochs and minutes of training + validation (from its history.jsonl)."""
-    epochs, minutes = checkpoint.training_minutes(run_dir)
-    return {"run": str(run_dir), "epochs": epochs, "minutes": round(minutes, 2)}
-
-
-def median_diameter(label_images: list[np.ndarray]) -> float:
-    """Median equivalent diameter (px) of all objects: the scale the model learned."""
-    areas = np.concatenate([np.bincount(lab.ravel().astype(np.int64))[1:] for lab in label_images])
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
 
 
 # ---- helpers ----------------------------------------------------------------------------

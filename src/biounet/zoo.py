@@ -24,7 +24,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import to_dict
-from .export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
+from .graph_export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
 from .io import InputError, read_image, write_image
 from .normalize import PERCENTILES
 from .postprocess import foreground_prob

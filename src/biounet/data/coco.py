@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from biounet.io import InputError, read_image
+from biounet.labels import mask_runs
 
 __all__ = [
     "CocoAnnotation",
@@ -205,15 +206,13 @@ def _rle_counts(rle: dict[str, Any]) -> tuple[int, int, np.ndarray]:
 def encode_coco_rle(mask: np.ndarray) -> dict[str, Any]:
     """A (H, W) mask as COCO compressed RLE ``{"size": [H, W], "counts": str}``."""
     mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2D mask, got shape {mask.shape}")
-    flat = mask.astype(bool).ravel(order="F")
-    # Run boundaries; a leading 0-length run when the first pixel is set.
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
+    starts, lengths = mask_runs(mask)  # object runs; COCO counts alternate background and object runs
+    ends = starts + lengths
+    gaps = starts - np.concatenate([[0], ends[:-1]])  # a leading 0-length run when the first pixel is set
+    counts = np.stack([gaps, lengths], axis=1).ravel().tolist()
+    tail = mask.size - (int(ends[-1]) if ends.size else 0)
+    if tail or not counts:
+        counts.append(tail)
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": encode_coco_counts(counts)}
 
 

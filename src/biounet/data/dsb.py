@@ -1,4 +1,4 @@
-"""Kaggle Data Science Bowl 2018 nuclei: read the layout from a folder or a zip.
+"""Kaggle Data Science Bowl 2018 nuclei: read the layout from a folder or a zip; write submissions.
 
 The layout is ``<stage>/<ImageId>/images/<ImageId>.png`` (RGBA) plus, for
 training data, ``<stage>/<ImageId>/masks/<MaskId>.png``: one binary PNG per
@@ -14,15 +14,18 @@ offset and corrupts reads.
 """
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 import numpy as np
 
-from biounet.io import IMAGE_SUFFIXES, InputError, read_image, read_image_bytes
+from biounet.io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, read_image_bytes
+from biounet.labels import labels_to_rles, parse_rle
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ __all__ = [
     "load_dsb_image",
     "load_dsb_labels",
     "load_dsb_pair",
+    "write_submission",
+    "read_submission",
 ]
 
 
@@ -324,3 +329,70 @@ def _read(item: DsbItem, member: str) -> np.ndarray:
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
         raise InputError(f"{name}: cannot read zip member ({type(exc).__name__}: {exc})") from None
     return read_image_bytes(data, name)
+
+
+# ---- Kaggle submissions -------------------------------------------------------------
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
+
+
+def write_submission(path: str | Path, rows: Iterable[tuple[str, np.ndarray]]) -> Path:
+    """Write ``ImageId,EncodedPixels`` rows for (image id, (H, W) labels) pairs, atomically.
+
+    Each object is one row; an image without objects is one row with empty
+    ``EncodedPixels``. A repeated image id is a ``ValueError`` (Kaggle rejects
+    it) and leaves no file behind.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(SUBMISSION_HEADER)
+            for image_id, labels in rows:
+                image_id = str(image_id)
+                if image_id in seen:
+                    raise ValueError(f"{path}: image id {image_id!r} given twice")
+                seen.add(image_id)
+                rles = labels_to_rles(labels)
+                for rle in rles or [""]:
+                    writer.writerow((image_id, rle))
+    return path
+
+
+def read_submission(path: str | Path) -> dict[str, list[str]]:
+    """Read a submission CSV as {image id: [RLE per object]}, in file order.
+
+    An image listed only with empty ``EncodedPixels`` maps to ``[]``. Malformed
+    rows or RLE strings raise :class:`InputError` naming the file and line;
+    runs are not checked against an image size, which the CSV does not carry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    out: dict[str, list[str]] = {}
+    try:
+        # utf-8-sig: spreadsheet tools often prepend a BOM to the header.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header) != SUBMISSION_HEADER:
+                raise InputError(f"{path}: header is {header}, expected {','.join(SUBMISSION_HEADER)}")
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != 2:
+                    raise InputError(f"{path}:{line}: expected 2 fields, got {len(row)}")
+                image_id, rle = row[0], row[1].strip()
+                if not image_id:
+                    raise InputError(f"{path}:{line}: empty ImageId")
+                rles = out.setdefault(image_id, [])
+                if rle:
+                    try:
+                        parse_rle(rle)
+                    except ValueError as exc:
+                        raise InputError(f"{path}:{line}: {exc}") from None
+                    rles.append(rle)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read submission ({type(exc).__name__}: {exc})") from None
+    return out
