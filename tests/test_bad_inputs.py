@@ -68,6 +68,11 @@ def _predict(tiny_run: Path, tmp: Path, name: str, data: bytes) -> list[str]:
     return ["predict", "-m", str(tiny_run), "-o", str(tmp / "out"), str(tmp / name)]
 
 
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def _out_is_a_file(tiny_run: Path, tmp: Path) -> list[str]:
     (tmp / "taken").write_text("x")
     (tmp / "ok.tif").write_bytes(_tiff_bytes())
@@ -146,6 +151,13 @@ CASES = [
      lambda m, t: _predict(_model_copy(m, t, lambda f: (f / checkpoint.WEIGHTS).unlink() or
                                        (f / "model.pt").write_bytes(b"\x80\x04pickle")), t, "ok.tif", _tiff_bytes()),
      "model.safetensors: weights file not found"),
+    ("the weights file for its model folder",  # #51: said 'not a model folder', not which folder to give
+     lambda m, t: ["predict", "-m", str(m / checkpoint.WEIGHTS), *_predict(m, t, "ok.tif", _tiff_bytes())[3:]],
+     f"{checkpoint.WEIGHTS}: is a file of the model folder "),
+    ("an ONNX export as the model",
+     lambda m, t: ["predict", "-m", str(_file(t / "nuclei.onnx", b"\x08\x07onnx")),
+                   *_predict(m, t, "ok.tif", _tiff_bytes())[3:]],
+     "nuclei.onnx: an ONNX export is for other runtimes (ONNX Runtime"),
 ]
 
 
@@ -193,3 +205,45 @@ def test_debug_shows_the_traceback(tiny_run, tmp_path):
     assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
     plain = runner.invoke(app, argv)
     assert plain.exit_code == 2 and "no-model" in plain.output  # without --debug: the one line
+
+
+def _unwritable_folder(tmp: Path) -> Path:
+    """A folder nothing can be written into: mode 0o555, or (as root, who may write there anyway) a path
+    under a regular file, which fails for root too."""
+    import os
+
+    ro = tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if not os.access(ro, os.W_OK):
+        return ro
+    ro.chmod(0o755)
+    (tmp / "plain-file").write_text("x")
+    return tmp / "plain-file" / "sub"
+
+
+@pytest.mark.parametrize("command", ["train", "export", "evaluate --report", "evaluate --json"])
+def test_an_unwritable_output_is_one_line_and_exit_2_before_any_work(tiny_run, stack_files, tmp_path, command):
+    """#51: train --out, export --out and evaluate --report in a read-only folder ended in an OSError traceback."""
+    ro = _unwritable_folder(tmp_path)
+    vol, lab = stack_files
+    target, argv = {
+        "train": (ro / "run", ["train", "--task", "membrane", "--data", str(vol), "--labels", str(lab), "--epochs", "1",
+                               "--quiet", "--out", str(ro / "run")]),
+        "export": (ro / "m.onnx", ["export", "-m", str(tiny_run), "--out", str(ro / "m.onnx")]),
+        "evaluate --report": (ro / "r.html", ["evaluate", "--truth", str(lab), "--pred", str(lab),
+                                              "--report", str(ro / "r.html")]),
+        "evaluate --json": (ro / "r.json", ["evaluate", "--truth", str(lab), "--pred", str(lab),
+                                            "--json", str(ro / "r.json")]),
+    }[command]
+    try:
+        res = runner.invoke(app, argv)
+    finally:
+        if (tmp_path / "ro").is_dir():
+            (tmp_path / "ro").chmod(0o755)  # so pytest can clean up
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit))
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {target}: cannot "), res.output
+    assert res.output.startswith("error:"), res.output  # refused before any scoring or training output
+    assert not (tmp_path / "ro" / "run").exists()

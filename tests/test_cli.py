@@ -210,15 +210,51 @@ def test_models_lists_each_shipped_model_on_one_line():
     if not names:
         assert lines == ["no shipped models"]
     else:
-        assert [ln.split()[0] for ln in lines] == names and all("validation:" in ln for ln in lines)
+        assert [ln.split()[0] for ln in lines] == names
         from biounet.checkpoint import load_config, read_metrics
+        from biounet.cli import _METRIC_NAMES
         from biounet.tasks import get_task
 
         for line, folder in zip(lines, shipped_models().values()):  # held-out scores when the model has them
             m, headline = read_metrics(folder), get_task(load_config(folder)).headline
-            held = [f"{k}={m['holdout_' + k]:.3f}" for k in headline if isinstance(m.get("holdout_" + k), float)]
-            assert ("held out" in line) == bool(held)
-            assert all(h in line.split("held out")[-1] for h in held)
+            # #51: each number named for what it is ("validation, tuned thresholds: DSB 0.540"), not "dsb=0.540"
+            tuned = [f"{_METRIC_NAMES[k]} {m['tuned_' + k]:.3f}" for k in headline if "tuned_" + k in m]
+            held = [f"{_METRIC_NAMES[k]} {m['holdout_' + k]:.3f}" for k in headline
+                    if isinstance(m.get("holdout_" + k), float)]
+            assert tuned and "=" not in line
+            assert line.split("validation, tuned thresholds: ")[1].split(";")[0] == ", ".join(tuned)
+            assert ("held-out" in line) == bool(held)
+            assert all(h in line.split("held-out")[-1] for h in held)
+
+
+@pytest.mark.parametrize("task, scores, warned", [
+    ("nuclei", {"dsb": 0.0, "ap50": 0.0, "tuned_dsb": 0.0, "tuned_ap50": 0.0, "holdout_dsb": 0.0}, True),
+    ("binary", {"dice": 0.0, "iou": 0.0, "tuned_dice": 0.004, "tuned_iou": 0.002}, True),
+    ("nuclei", {"dsb": 0.41, "ap50": 0.7, "tuned_dsb": 0.45, "tuned_ap50": 0.72, "holdout_dsb": 0.43}, False),
+])
+def test_training_ends_with_named_scores_and_a_warning_when_nothing_is_found(tmp_path, monkeypatch, task, scores,
+                                                                               warned):
+    """#51: the last line mixed dsb= and tuned_dsb= unnamed; a run scoring Dice 0 / DSB 0 ended as if all was well."""
+    import biounet.train
+
+    monkeypatch.setattr(biounet.train, "train", lambda cfg, out, resume=False, progress=True: dict(scores, epoch=3))
+    res = runner.invoke(app, ["train", "--task", task, "--data", str(tmp_path / "v.tif"), "--labels",
+                              str(tmp_path / "l.tif"), "-o", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    done = next(ln for ln in res.output.splitlines() if ln.startswith("done:"))
+    assert "=" not in done  # no bare key=value: every number is in a named group
+    first = {"nuclei": "DSB", "binary": "Dice"}[task]
+    plain = {"nuclei": "validation at the config's thresholds",  # binary scores each validation at its best threshold
+             "binary": "validation, threshold tuned at each validation"}[task]
+    assert f"{plain}: {first} {scores[first.lower()]:.3f}" in done
+    assert f"validation, tuned thresholds: {first} {scores['tuned_' + first.lower()]:.3f}" in done
+    assert ("held-out: DSB" in done) == ("holdout_dsb" in scores)
+    warning = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert bool(warning) == warned, res.output
+    if warned:
+        assert res.output.strip().splitlines()[-1] == warning[0]  # the run's last word
+        assert f"validation {first} is 0.00" in warning[0] and "predicts nothing useful" in warning[0]
+        assert "--epochs" in warning[0] and "check the labels" in warning[0]
 
 
 def test_train_needs_a_config_unless_resuming(tmp_path):
@@ -251,6 +287,43 @@ def test_train_from_a_task_alone(stack_files, tmp_path):
     assert saved["task"] == "membrane" and saved["data"]["target"] == "membrane" and saved["format"] == 2
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
+
+
+def test_predict_reports_objects_per_image_and_the_time_taken(tiny_run, tmp_path):
+    """#51: it said only 'N image(s) -> out/': how many objects each image gave, and how long it all took."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        tifffile.imwrite(tmp_path / "in" / f"img{i}.tif", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "out"), "--instances",
+                              "--diameter", "none", str(tmp_path / "in")])
+    assert res.exit_code == 0, res.output
+    counts = [len(set(np.unique(read_stack(tmp_path / "out" / f"img{i}.tif")).tolist()) - {0}) for i in range(2)]
+    for i, n in enumerate(counts):
+        assert f"img{i}.tif: {n} object(s) -> {tmp_path / 'out' / f'img{i}.tif'}" in res.output, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith(f"2 image(s) -> {tmp_path / 'out'}/ in ") and last.endswith(f" s, {sum(counts)} object(s)")
+    masks = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "masks"), str(tmp_path / "in")])
+    assert masks.exit_code == 0 and "object(s)" not in masks.output  # a mask has no objects to count
+    assert masks.output.strip().splitlines()[-1].startswith(f"2 image(s) -> {tmp_path / 'masks'}/ in ")
+
+
+@pytest.mark.slow
+def test_demo_ends_by_naming_the_pictures_to_open(tmp_path):
+    """#51: the demo listed every file it wrote and left the user to guess which to look at."""
+    import os
+
+    from biounet.checkpoint import shipped_models
+
+    if not shipped_models():
+        pytest.skip("no shipped models in this build")
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    start = lines.index("open these to see the results (outlines drawn over the images):")
+    pictures = [ln.strip() for ln in lines[start + 1:]]
+    assert pictures and all(p.endswith(("_overlay.png", "_overlay.tif")) for p in pictures)
+    assert all(p.startswith(str(tmp_path / "demo")) and os.path.isfile(p) for p in pictures)
 
 
 @pytest.mark.slow
@@ -298,6 +371,10 @@ def test_train_refuses_to_replace_a_run_and_guesses_folder_data(stack_files, tmp
     run = tmp_path / "r"
     run.mkdir()
     (run / "config.json").write_text("{}")
+    res = runner.invoke(app, ["train", "--task", "binary", "--data", "x.tif", "-o", str(run)])
+    # #51: config.json alone is a run stopped before its first epoch ended (Ctrl-C, out of memory): free to restart
+    assert "already holds a run" not in res.output
+    (run / "last.pt").write_bytes(b"state")
     res = runner.invoke(app, ["train", "--task", "binary", "--data", "x.tif", "-o", str(run)])
     assert res.exit_code == 2 and "already holds a run; --resume continues it, --overwrite starts again" in res.output
     from biounet.data.dataset import guess_kind

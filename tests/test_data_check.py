@@ -69,3 +69,17 @@ def test_masks_that_no_image_takes_are_a_warning_naming_them(tmp_path):
 def test_unknown_data_kind_is_one_line(tmp_path):
     res = runner.invoke(app, ["check-data", str(tmp_path)])
     assert res.exit_code == 2 and "give --kind" in res.output
+
+
+def test_every_problem_is_listed_not_only_the_first(tmp_path):
+    """#51: two images without a mask and one broken image are three error lines, then a non-zero exit."""
+    imgs, masks = folders(tmp_path, n=5, bad="corrupt")
+    (masks / "i3.png").unlink()
+    (masks / "i4.png").unlink()
+    res = run(imgs, masks)
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 3, res.output
+    assert any("i3.png: no mask named i3" in e for e in errors) and any("i4.png: no mask named i4" in e for e in errors)
+    assert any("i0.png: cannot read image" in e for e in errors)
+    assert "5 image(s) checked: 3 error(s)" in res.output and "images 2" in res.output  # the good two still summed up

@@ -111,3 +111,47 @@ def test_arrays_get_what_files_get_rgba_loses_alpha_and_stacks_are_named():
                                   np.asarray(NormalizedView(rgb[..., 0], "percentile", 1)))
     with pytest.raises(InputError, match=r"stack.tif: shape \(25, 64, 64\) looks like a stack of 25 pages"):
         NormalizedView(np.zeros((25, 64, 64), np.uint8), "percentile", 1, "stack.tif")
+
+
+def _two_stains() -> np.ndarray:
+    """(H, W, 2): a dim, flat first channel and the nuclei (bright discs) in the second."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :48]
+    nuclei = (((yy - 20) ** 2 + (xx - 24) ** 2) < 64) * 180 + rng.integers(0, 20, (48, 48))
+    return np.stack([rng.integers(0, 10, (48, 48)), nuclei], axis=-1).astype(np.uint8)
+
+
+def test_channel_picks_one_channel_of_a_multichannel_array(caplog):
+    """#51: an (H, W, 2) array with the nuclei in channel 1 was read as gray + alpha, silently 0 objects."""
+    img = _two_stains()
+    for channel in (0, 1):
+        np.testing.assert_array_equal(np.asarray(NormalizedView(img, "percentile", 1, "a", channel=channel)),
+                                      np.asarray(NormalizedView(img[..., channel], "percentile", 1, "a")))
+    gray = img[..., 1]
+    np.testing.assert_array_equal(np.asarray(NormalizedView(gray, "percentile", 1, channel=0)),
+                                  np.asarray(NormalizedView(gray, "percentile", 1)))
+    with pytest.raises(InputError, match=r"a: has 2 channel\(s\); channel 2 is out of range \(0..1\)"):
+        NormalizedView(img, "percentile", 1, "a", channel=2)
+    with caplog.at_level("WARNING", logger="biounet"):  # no channel: the file rule, said out loud
+        NormalizedView(img, "percentile", 1, "a")
+    assert "a: 2 channels: the second is taken for alpha" in caplog.text and "channel=1" in caplog.text
+    caplog.clear()
+    opaque = np.dstack([img[..., 1], np.full((48, 48), 255, np.uint8)])  # a real alpha channel: nothing to say
+    with caplog.at_level("WARNING", logger="biounet"):
+        NormalizedView(opaque, "percentile", 1, "b")
+    assert not caplog.text
+
+
+@pytest.mark.parametrize("channel", [None, 1])
+def test_a_channel_first_array_is_refused_with_the_fix(channel):
+    chw = np.moveaxis(_two_stains(), -1, 0)  # (2, 48, 48), as torch lays it out
+    with pytest.raises(InputError, match=r"x: shape \(2, 48, 48\) looks channel-first \(2, H, W\).*"
+                                         r"np\.moveaxis\(image, 0, -1\)"):
+        NormalizedView(chw, "percentile", 1, "x", channel=channel)
+
+
+def test_segment_of_a_channel_first_array_names_the_fix(tiny_run):
+    from biounet import load_model
+
+    with pytest.raises(InputError, match=r"looks channel-first .*np\.moveaxis"):
+        load_model(tiny_run).segment(np.zeros((2, 40, 40), np.uint8))

@@ -246,3 +246,46 @@ def test_zarr_output(rng, tmp_path):
     np.testing.assert_allclose(out[:], img + 1, rtol=0, atol=1e-6)
 
 
+
+
+# ---- progress ------------------------------------------------------------------
+def _progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "biounet.tiling" and r.levelname == "INFO"]
+
+
+def test_a_large_image_logs_its_progress_every_tenth_of_the_tiles(rng, caplog):
+    """#51: a 4000 x 4000 image ran for minutes without a word; the size alone now turns progress on."""
+    img = rng.random((1, 160, 160), dtype=np.float32)
+    with caplog.at_level("INFO", logger="biounet.tiling"):
+        out = predict_tiled(add_one, img, TileConfig(tile=16, overlap=0, batch_size=2))  # 100 tiles
+    np.testing.assert_allclose(out, img + 1, rtol=0, atol=1e-6)
+    lines = _progress_lines(caplog)
+    assert lines[0] == "predicting 160x160 in 100 tiles of 16 px"
+    assert any(line.startswith("tiles 10/100 (10 %)") and "left" in line for line in lines)
+    assert lines[-1].startswith("tiles 100/100 done in")
+    assert len(lines) == 1 + 10  # a start line, then one per 10 %: now and then, not per tile
+
+
+def test_progress_stays_quiet_on_small_images_or_when_turned_off(rng, caplog):
+    small = rng.random((1, 32, 32), dtype=np.float32)  # 4 tiles
+    large = rng.random((1, 64, 64), dtype=np.float32)  # 16 tiles
+    with caplog.at_level("INFO", logger="biounet.tiling"):
+        predict_tiled(add_one, small, TileConfig(tile=16, overlap=0))
+        predict_tiled(add_one, large, TileConfig(tile=16, overlap=0), progress=False)
+    assert _progress_lines(caplog) == []
+    with caplog.at_level("INFO", logger="biounet.tiling"):
+        predict_tiled(add_one, small, TileConfig(tile=16, overlap=0), progress=True)
+    assert _progress_lines(caplog)[-1].startswith("tiles 4/4 done in")
+
+
+def test_segmenting_one_large_image_logs_tile_progress(tiny_run, caplog):
+    """Through the user's call, ``load_model(...).segment(img)``, with options.progress left off."""
+    from biounet.predict import load_model
+
+    seg = load_model(tiny_run).with_options(tile=32)
+    assert not seg.options.progress
+    img = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
+    with caplog.at_level("INFO", logger="biounet.tiling"):
+        seg.segment(img)
+    lines = _progress_lines(caplog)
+    assert lines and lines[0].startswith("predicting 128x128 in") and lines[-1].startswith("tiles ")

@@ -67,9 +67,44 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(stack_files, tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_epochs(proc, tmp_path / "run" / "history.jsonl", 1)
+        t0 = time.time()  # the history line comes just before last.pt: wait for the state the message names
+        while not (tmp_path / "run" / "last.pt").is_file() and time.time() - t0 < 60:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130
     assert "interrupted:" in err and "--resume" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved_and_the_same_command_starts_over(
+        stack_files, tmp_path):
+    """#51: it claimed 'last.pt holds epoch 0 ... --resume', which then found no state, and a fresh run with the
+    same --out was refused as 'already holds a run'."""
+    cfg = tmp_path / "slow.toml"
+    cfg.write_text(_config(tmp_path, stack_files, 1).read_text().replace("patches_per_epoch = 24",
+                                                                         "patches_per_epoch = 1000000"))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.time()
+        while not (out / "config.json").is_file():  # setup is done: the first epoch is under way
+            if proc.poll() is not None or time.time() - t0 > 120:
+                pytest.fail(f"training did not start: {proc.stderr.read()[-500:]}")
+            time.sleep(0.02)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-1000:]
+    assert not (out / "last.pt").exists()
+    assert "no epoch was saved yet" in err and "holds epoch" not in err and "Traceback" not in err
+    resume = subprocess.run(_train(cfg, out, "--resume"), capture_output=True, text=True, timeout=120)
+    assert resume.returncode == 2 and "nothing to resume" in resume.stderr and "Traceback" not in resume.stderr
+    again = subprocess.run(_train(_config(tmp_path, stack_files, 1), out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-1000:]
+    assert (out / "last.pt").is_file()

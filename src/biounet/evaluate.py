@@ -151,37 +151,112 @@ def write_rows_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+MODALITY_NAMES = {"dark": "fluorescence", "bright": "brightfield", "colour": "colour"}  # data.dataset.modality's
+SUMMARY_SCORES = ("dsb_score", "ap50", "ap75")  # averaged over a group's images
+SUMMARY_COUNTS = ("n_true", "n_pred", "tp50", "fp50", "fn50")  # summed
+
+
+def _truth_images(truth: Path):
+    """(labels loader, image loader) by truth name; the image loader returns None for a folder of
+    label images alone (no images to draw on or to tell the modality of) and, given the labels'
+    shape, refuses an image of another size."""
+    from .data.dsb import list_dsb_items, load_dsb_image, load_dsb_labels
+
+    truth = Path(truth)
+    if is_dsb(truth):
+        dsb = {item.image_id: item for item in list_dsb_items(truth)}
+        return (lambda name: load_dsb_labels(dsb[name])), (lambda name, shape=None: load_dsb_image(dsb[name]))
+    labels_dir, images_dir = truth_folders(truth)
+    files = {p.stem: p for p in list_images(labels_dir)}
+    images = {p.stem: p for p in list_images(images_dir)} if images_dir is not None else {}
+
+    def image(name: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        source = images.get(name) or images.get(image_stem(name))
+        if source is None:
+            return None
+        img = read_image(source)
+        if shape is not None and img.shape[:2] != shape[:2]:
+            raise InputError(f"{source}: size {img.shape[:2]} != its mask {files[name]} {shape[:2]}")
+        return img
+
+    return (lambda name: read_image(files[name])), image
+
+
 def worst_pictures(truth: Path, pred_dir: Path, rows: list[dict], n: int = 6) -> list[tuple]:
-    """(name, truth overlay, prediction overlay, DSB score) for the ``n`` lowest-scoring images.
+    """(name, image RGB, error picture RGB, DSB score) for the ``n`` lowest-scoring images.
 
-    DSB truth brings its own images, as does a folder holding ``images/`` and ``masks/``;
-    a folder of label images alone has none, so its outlines are drawn on a black background.
+    The error picture (:func:`biounet.report.match_picture`) marks matched objects, misses and
+    false positives. DSB truth brings its own images, as does a folder holding ``images/`` and
+    ``masks/``; a folder of label images alone has none, so its errors are drawn on black.
+    Images under 512 px are drawn enlarged, so the page shows crisp outlines.
     """
-    from .overlay import overlay
+    from .overlay import to_display_rgb
+    from .report import match_picture
 
-    worst = sorted(rows, key=lambda r: r["dsb_score"])[:n]
-    truth, pred_dir = Path(truth), Path(pred_dir)
-    from .data.dsb import list_dsb_items, load_dsb_pair
-
-    dsb = {item.image_id: item for item in list_dsb_items(truth)} if is_dsb(truth) else None
-    files: dict[str, Path] = {}
-    images: dict[str, Path] = {}
-    if dsb is None:
-        labels_dir, images_dir = truth_folders(truth)
-        files = {p.stem: p for p in list_images(labels_dir)}
-        images = {p.stem: p for p in list_images(images_dir)} if images_dir is not None else {}
+    load_labels, load_image = _truth_images(truth)
     pictures = []
-    for row in worst:
+    for row in sorted(rows, key=lambda r: r["dsb_score"])[:n]:
         name = str(row["name"])
-        pred = read_image(_pred_path(pred_dir, name, False))
-        if dsb is not None:
-            image, labels = load_dsb_pair(dsb[name])
-        else:
-            labels = read_image(files[name])
-            source = images.get(name) or images.get(image_stem(name))
-            image = read_image(source) if source is not None else np.zeros(labels.shape, np.uint8)
-            if image.shape[:2] != labels.shape[:2]:
-                raise InputError(f"{source}: size {image.shape[:2]} != its mask {files[name]} {labels.shape[:2]}")
-        pictures.append((name, overlay(image, labels, title="truth"), overlay(image, pred, title="prediction"),
+        pred = read_image(_pred_path(Path(pred_dir), name, False))
+        labels = load_labels(name)
+        image = load_image(name, labels.shape)
+        if image is None:
+            image = np.zeros(labels.shape, np.uint8)
+        zoom = max(1, 512 // max(labels.shape[:2]))
+        pictures.append((name, to_display_rgb(image), match_picture(image, labels, pred, zoom),
                          float(row["dsb_score"])))
     return pictures
+
+
+def image_modalities(truth: Path, names: list[str]) -> dict[str, str] | None:
+    """Name -> ``fluorescence``, ``brightfield`` or ``colour`` (:func:`biounet.data.dataset.modality`)
+    of each truth image; None when the truth has no images (a folder of label images alone)."""
+    from .data.dataset import modality
+
+    load_image = _truth_images(truth)[1]
+    kinds = {}
+    for name in names:
+        image = load_image(name)
+        if image is None:
+            return None
+        kinds[name] = MODALITY_NAMES[modality(image)]
+    return kinds
+
+
+def label_rows(rows: list[dict], column: str, values: dict[str, str], missing: str = "(none)") -> list[dict]:
+    """Copies of the per-image ``rows`` with ``column`` (placed after the name) set from ``values``
+    (by image name, or by the name of the image a mask is named after), ``missing`` where neither is."""
+    def value(name: str) -> str:
+        return values.get(name, values.get(image_stem(name), missing))
+
+    return [{"name": r["name"], column: value(str(r["name"])), **{k: v for k, v in r.items() if k != "name"}}
+            for r in rows]
+
+
+def summarise_by(rows: list[dict], column: str) -> list[dict]:
+    """One row per value of ``column``: its image count, mean scores (each image weighs the same,
+    as in the summary) and summed counts; worst DSB score first."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r[column]), []).append(r)
+    out = []
+    for value, members in groups.items():
+        row: dict = {column: value, "images": len(members)}
+        row.update({k: float(np.mean([m[k] for m in members])) for k in SUMMARY_SCORES if k in members[0]})
+        row.update({k: int(sum(int(m[k]) for m in members)) for k in SUMMARY_COUNTS if k in members[0]})
+        out.append(row)
+    return sorted(out, key=lambda r: (r.get("dsb_score", 0.0), r[column]))
+
+
+def report_breakdowns(truth: Path, rows: list[dict], groups: dict[str, str] | None = None
+                      ) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
+    """The per-image rows with their ``modality`` (and ``group``, from a groups table) added, and
+    the scores summarised by each, for :func:`biounet.report.render_report`. Reads every truth image
+    once; truth without images gets no modality."""
+    if groups is not None:
+        rows = label_rows(rows, "group", groups, missing="(not in the groups file)")
+    kinds = image_modalities(truth, [str(r["name"]) for r in rows])
+    if kinds is not None:
+        rows = label_rows(rows, "modality", kinds)  # first: name, modality, group, scores
+    columns = [c for c in ("modality", "group") if rows and c in rows[0]]
+    return rows, [(column, summarise_by(rows, column)) for column in columns]

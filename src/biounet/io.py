@@ -239,6 +239,32 @@ def _subfolder_hint(folder: Path) -> str:
     return f"; it holds folders: point at {folder / subs[0]}{more}"
 
 
+def check_writable(path: str | Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: one line naming ``path`` and why.
+
+    ``folder``: ``path`` is an output folder (created if missing); otherwise a file written beside
+    its siblings (:func:`atomic_path`). Nothing is created: the nearest existing folder on the way
+    must be writable (a read-only file system, a folder without write permission, or a file where
+    a folder should be are refused).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is an existing file; give a folder")
+    if not folder and path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    here = path if folder else path.parent
+    while not here.exists() and here != here.parent:  # the folder that would hold what gets created
+        here = here.parent
+    if not here.is_dir():
+        raise InputError(f"{path}: cannot create it: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        try:
+            why = "read-only file system" if os.statvfs(here).f_flag & os.ST_RDONLY else "permission denied"
+        except OSError:
+            why = "permission denied"
+        raise InputError(f"{path}: cannot write here ({here} is not writable: {why})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place on success.

@@ -9,11 +9,14 @@ always sees its inputs as it saw them in training.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from .io import InputError, check_finite, check_pixel_type, strip_alpha
+
+log = logging.getLogger("biounet")
 
 MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
 PERCENTILES = (1.0, 99.8)  # the intensity window of the percentile modes (also what a bioimage.io export says)
@@ -123,6 +126,7 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
     if image.ndim == 3 and image.shape[2] in (2, 4):
         image = strip_alpha(image)  # the file readers' rule
         return image[..., 0] if image.shape[2] == 1 else image
+    refuse_channel_first(image, name)
     if image.ndim == 3 and image.shape[2] > 4:
         raise InputError(f"{name}: shape {tuple(image.shape)} looks like a stack of {image.shape[0]} pages, "
                          f"not an (H, W, C) image; predict one page at a time (or, if it has "
@@ -130,6 +134,38 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
     if image.ndim not in (2, 3):
         raise InputError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
     return image
+
+
+def refuse_channel_first(image: Any, name: str = "image") -> None:
+    """A (C, H, W) array (C <= 4, as torch and many readers lay channels out) is named as such, with the fix:
+    biounet takes (H, W, C), and reading it as H rows of W pixels with H-wide channels would be nonsense."""
+    if image.ndim == 3 and image.shape[0] <= 4 < image.shape[2]:
+        c = image.shape[0]
+        raise InputError(f"{name}: shape {tuple(image.shape)} looks channel-first ({c}, H, W); biounet takes "
+                         f"(H, W, C) images: pass np.moveaxis(image, 0, -1) (or, if it is a stack of {c} pages, "
+                         "one page at a time)")
+
+
+def one_channel(image: Any, channel: int, name: str = "image") -> Any:
+    """Channel ``channel`` of an (H, W[, C]) image, as ``--channel`` picks one from a file (a gray image is
+    its own channel 0); a lazy slice, so a memory map is not read."""
+    refuse_channel_first(image, name)
+    n = image.shape[2] if image.ndim == 3 else 1
+    if not 0 <= channel < n:
+        raise InputError(f"{name}: has {n} channel(s); channel {channel} is out of range (0..{n - 1})")
+    return image[..., channel] if image.ndim == 3 else image
+
+
+def _warn_if_not_alpha(image: Any, name: str) -> None:
+    """An (H, W, 2) array is read as gray + alpha, as a file would be; say so when the second channel
+    varies like a second stain rather than an opacity (nuclei there would silently give 0 objects)."""
+    if not (image.ndim == 3 and image.shape[2] == 2):
+        return
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 1_000_000)))
+    second = np.asarray(image[::step, ::step, 1])
+    if second.size and second.min() != second.max():
+        log.warning("%s: 2 channels: the second is taken for alpha and dropped, as a gray + alpha file's would be; "
+                    "give channel=1 to segment the second channel (channel=0: the first)", name)
 
 
 def array_like(raw: Any) -> Any:
@@ -147,12 +183,18 @@ class NormalizedView:
 
     The tiling engine slices it tile by tile, so a memory-mapped image is never
     converted (or even read) whole; ``view[:, a:b, c:d]`` equals the same
-    window of ``network_input(raw).transpose(2, 0, 1)``.
+    window of ``network_input(raw).transpose(2, 0, 1)``. ``channel`` views that one channel
+    of a multi-channel (H, W, C) array; a channel-first (C, H, W) one is refused with the fix.
     """
 
-    def __init__(self, raw: Any, mode: str, channels: int, name: str = "image") -> None:
+    def __init__(self, raw: Any, mode: str, channels: int, name: str = "image", channel: int | None = None) -> None:
+        raw = check_pixel_type(array_like(raw), name)
+        if channel is not None:  # segment this channel of a multi-channel array (the API's --channel)
+            raw = one_channel(raw, channel, name)
+        else:
+            _warn_if_not_alpha(raw, name)
         # one NaN would make the whole view NaN; a complex image would lose its imaginary part
-        raw = check_finite(drop_alpha(check_pixel_type(array_like(raw), name), name), name)
+        raw = check_finite(drop_alpha(raw, name), name)
         self.raw, self.channels, self.name = raw, channels, name
         self.offset, self.scale = norm_params(raw, mode)
         self.shape = (channels, raw.shape[0], raw.shape[1])

@@ -47,6 +47,7 @@ class Task:
     name: ClassVar[str]
     metric: ClassVar[str]  # the validation score that picks epochs (higher is better)
     headline: ClassVar[tuple[str, ...]]  # what `biounet models` shows
+    found: ClassVar[str]  # a score that is 0 when the model finds nothing (training ends with a warning then)
     defaults: ClassVar[dict]  # config sections the task fills in when a config leaves them out
     grid: ClassVar[dict[str, list]]  # post-processing values tried when tuning on validation images
     # then tried around the grid's best setting: filters that add little to the grid's cost this way
@@ -108,6 +109,7 @@ class BinaryTask(Task):
     name = "binary"
     metric = "dice"
     headline = ("dice", "iou")
+    found = "dice"
     defaults: ClassVar[dict] = {"model": {"out_channels": 1}, "data": {"target": "binary"},
                                 "train": {"loss": "bce_dice"}, "post": {"mode": "mask"}}
     grid: ClassVar[dict[str, list]] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
@@ -141,6 +143,7 @@ class MembraneTask(Task):
     name = "membrane"
     metric = "v_rand"
     headline = ("v_rand", "v_info", "pixel_error")
+    found = "membrane_dice"  # V-Rand is no floor: a slice with no membrane found can score 1
     defaults: ClassVar[dict] = {"model": {"out_channels": 1}, "data": {"target": "membrane"},
                                 "train": {"loss": "bce_dice"}, "post": {"mode": "mask"}}
     grid: ClassVar[dict[str, list]] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
@@ -185,6 +188,7 @@ class NucleiTask(Task):
     name = "nuclei"
     metric = "dsb"
     headline = ("dsb", "ap50", "ap75")
+    found = "dsb"
     defaults: ClassVar[dict] = {
         "model": {"in_channels": 1, "out_channels": 3},
         "data": {"target": "contour3", "border_fraction": 0.5, "normalize": "nuclei"},

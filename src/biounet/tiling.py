@@ -29,7 +29,9 @@ is :func:`biounet.postprocess.label_blockwise`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 BLENDS = ("gaussian", "cosine", "constant")
 WINDOW_FLOOR = 1e-3  # per axis, relative to the window's maximum
+PROGRESS_MIN_TILES = 9  # progress=None: report on images of a 3 x 3 grid of tiles or more (a few tiles take seconds)
+PROGRESS_STEPS = 10  # an INFO line about every 10 % of the tiles
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ def predict_tiled(
     cfg: TileConfig,
     geometry: NetGeometry = NetGeometry(),
     out: Any | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Any:
     """Predict a (C, H, W) image tile by tile into a (K, H, W) float32 array.
 
@@ -328,6 +332,11 @@ def predict_tiled(
     taken as one channel. ``out`` is any (K, H, W) array supporting slice
     assignment (numpy, memmap, zarr); it need not be zeroed, and one is
     allocated in memory when omitted. Returns ``out``.
+
+    ``progress`` True logs progress at INFO (about every 10 % of the tiles, with the time left)
+    and shows a tqdm bar when stderr is a terminal; False does neither; None (the default)
+    decides from the size: images of ``PROGRESS_MIN_TILES`` tiles or more report, so a long
+    single image never runs silent for minutes.
     """
     img = _as_chw(image)
     _, height, width = img.shape
@@ -345,8 +354,16 @@ def predict_tiled(
 
     buf = np.empty((min(cfg.batch_size, len(tiles)), img.shape[0], size, size), np.float32)
     batch_t = torch.from_numpy(buf)
-    bar_off = None if progress else True  # None: a bar on a terminal only
-    with torch.inference_mode(), tqdm(total=len(tiles), unit="tile", disable=bar_off, leave=False) as bar:
+    show = len(tiles) >= PROGRESS_MIN_TILES if progress is None else bool(progress)
+    report = _TileProgress(len(tiles), (height, width), size) if show else None
+    bar_off = None if show else True  # None: a bar on a terminal only
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        bar = stack.enter_context(tqdm(total=len(tiles), unit="tile", disable=bar_off, leave=False, desc="tiles"))
+        if not bar.disable:  # log lines printed above the bar, not through it
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm())
         for b0 in range(0, len(tiles), len(buf)):
             batch = tiles[b0 : b0 + len(buf)]
             for k, (i, j) in enumerate(batch):
@@ -356,7 +373,32 @@ def predict_tiled(
             for k, (i, j) in enumerate(batch):
                 _write(out, pred[k], ay, ax, i, j)
             bar.update(len(batch))
+            if report is not None:
+                report.advance(len(batch))
     return out
+
+
+class _TileProgress:
+    """INFO lines for a tiled prediction: one at the start, then about every ``PROGRESS_STEPS``-th
+    of the tiles with the elapsed time and an estimate of the time left."""
+
+    def __init__(self, total: int, hw: tuple[int, int], tile: int) -> None:
+        self.total, self.done = total, 0
+        self.every = max(1, -(-total // PROGRESS_STEPS))
+        self.start = time.perf_counter()
+        log.info("predicting %dx%d in %d tiles of %d px", *hw, total, tile)
+
+    def advance(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        if self.done // self.every == before // self.every and self.done < self.total:
+            return
+        spent = time.perf_counter() - self.start
+        if self.done >= self.total:
+            log.info("tiles %d/%d done in %.0f s", self.done, self.total, spent)
+        else:
+            left = spent / self.done * (self.total - self.done)
+            log.info("tiles %d/%d (%d %%), %.0f s so far, about %.0f s left",
+                     self.done, self.total, 100 * self.done // self.total, spent, left)
 
 
 def _check_output(pred: np.ndarray, n: int, out_tile: int, out: Any | None, hw: tuple[int, int]) -> Any:

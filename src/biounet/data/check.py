@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from ..io import InputError, list_images
-from .dataset import Item, modality
+from .dataset import Item, items_from_config, modality
 
 
 @dataclass
@@ -46,6 +47,17 @@ class _Collect(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         sink = self.report.errors if getattr(record, "data_error", False) else self.report.warnings
         sink.append(record.getMessage())
+
+
+def check_data(cfg: DataConfig) -> CheckReport:
+    """:func:`check_items` on the data of ``cfg``, images without a mask listed among the errors (every
+    one of them, with every other problem, rather than the first alone)."""
+    missing: list[str] = []
+    items = items_from_config(cfg, missing=missing)
+    report = check_items(items)
+    report.n_items += len(missing)
+    report.errors[:0] = missing
+    return report
 
 
 def check_items(items: list[Item]) -> CheckReport:
