@@ -78,3 +78,27 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def provenance(argv: list[str], config: dict) -> dict:
+    """What every result JSON records about how it was made: commit (``+dirty`` when the tree had
+    uncommitted changes), the command line, the script's arguments, the date, torch version."""
+    import datetime
+    import subprocess
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {"commit": commit, "command": " ".join(["python", *argv]),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__}

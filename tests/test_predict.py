@@ -227,7 +227,7 @@ def test_diameter_rescaling_keeps_output_size_and_needs_a_recorded_diameter():
 
 
 def test_median_diameter_of_discs():
-    from biounet.train import median_diameter
+    from biounet.tune import median_diameter
 
     lab = np.zeros((40, 40), np.int32)
     yy, xx = np.mgrid[:40, :40]
@@ -292,3 +292,10 @@ def test_automatic_tiling_starts_later_on_onnxruntime(monkeypatch):
     assert ort.with_options(tile=64).uses_tiles((100, 100))  # an explicit --tile always tiles
     monkeypatch.setattr(P, "onnxruntime_available", lambda: False)
     assert auto.uses_tiles((150, 150))  # auto without ONNX Runtime is torch
+
+
+def test_segment_takes_a_channel(tiny_run):
+    seg = P.load_model(tiny_run)
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 2), dtype=np.uint8)
+    np.testing.assert_array_equal(seg.segment(img, channel=1), seg.segment(img[..., 1]))
+    np.testing.assert_array_equal(seg.predict(img, channel=0), seg.predict(img[..., 0]))

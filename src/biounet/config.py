@@ -92,8 +92,15 @@ class DataConfig:
     # brightfield, "colour" = stained), chosen after the split: a modality expert keeps the held-out
     # and validation images of the run without the filter, so the two compare image for image
     modalities: tuple[Literal["dark", "bright", "colour"], ...] = ()
+    # leave groups out: a CSV naming each image's group (experiment; columns ``image``, ``group``, e.g.
+    # configs/dsb2018-groups.csv) and the groups never trained or validated on (benchmarks/generalize.py
+    # scores them). Taken out after the held-out draw: the held-out images are the full run's less those groups
+    exclude_groups: tuple[str, ...] = ()
+    groups: str = ""
 
     def __post_init__(self) -> None:
+        if self.exclude_groups and not self.groups:
+            raise InputError("config: data.exclude_groups needs data.groups (a CSV of image,group)")
         if self.folds == 1:
             raise InputError("config: data.folds = 1 is not cross-validation; use 0 (off) or 2 and more")
         if self.folds and self.fold >= self.folds:
@@ -120,6 +127,9 @@ class AugmentConfig:
     # warp each patch from a larger crop of its image, so rotated corners and zoomed-out borders show
     # image instead of the patch's mirror image (which doubles objects cut by the patch edge)
     context: bool = False
+    # other labs' images (transforms.random_degrade): wide gamma (0.5-2), low contrast (down to x0.3),
+    # blur and Gaussian or Poisson-like noise, each on a share of the patches, after ``intensity``
+    degrade: bool = False
 
     def __post_init__(self) -> None:
         lo_hi = self.scale_range

@@ -73,6 +73,14 @@ def _same_channels(image: Any, rows: int = 1024) -> bool:
     return True
 
 
+def with_size(table: dict[str, np.ndarray], size: Any) -> dict[str, np.ndarray]:
+    """``table`` plus ``estimated_diameter`` (px, one value per image, from ``--diameter auto``) when
+    ``size`` (a :class:`biounet.size.SizeEstimate`) is given; unchanged otherwise."""
+    if size is None:
+        return table
+    return {**table, "estimated_diameter": np.full(len(table["label"]), float(size.diameter))}
+
+
 def write_table(path: str | Path, tables: Sequence[dict[str, np.ndarray]], pages: bool = False) -> Path:
     """Write one or more object tables as one CSV, atomically; ``pages`` adds the table's index as ``page``."""
     path = Path(path)

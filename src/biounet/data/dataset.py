@@ -129,15 +129,22 @@ def stack_items(images: str | Path, labels: str | Path, channel: int | None = No
             for i in range(img.shape[0])]
 
 
-def folder_items(images: str | Path, masks: str | Path) -> list[Item]:
+def folder_items(images: str | Path, masks: str | Path, missing: list[str] | None = None) -> list[Item]:
     """Images paired with the masks in another folder named after them: the same stem, or the stem plus
-    a common mask suffix (``a.png`` with ``a.png``, ``a_mask.png``, ``a_labels.tif``, ...)."""
+    a common mask suffix (``a.png`` with ``a.png``, ``a_mask.png``, ``a_labels.tif``, ...).
+
+    An image without a mask is an error; given a ``missing`` list, its message goes there and the image
+    is left out instead (``check-data`` lists every problem, not the first)."""
     imgs = list_images(images)
     by_stem = masks_by_image_stem(list_images(masks))
     items = []
     for p in imgs:
         if p.stem not in by_stem:
-            raise InputError(f"{p}: no mask named {p.stem}.* (or {p.stem}_mask.*, {p.stem}_labels.*, ...) in {masks}")
+            msg = f"{p}: no mask named {p.stem}.* (or {p.stem}_mask.*, {p.stem}_labels.*, ...) in {masks}"
+            if missing is None:
+                raise InputError(msg)
+            missing.append(msg)
+            continue
         items.append(Item(p.stem, "file", str(p), str(by_stem[p.stem])))
     return items
 
@@ -195,7 +202,8 @@ def guess_kind(images: str | Path, labels: str | Path | None = None) -> str | No
     return None
 
 
-def items_from_config(cfg: DataConfig) -> list[Item]:
+def items_from_config(cfg: DataConfig, missing: list[str] | None = None) -> list[Item]:
+    """The image/label pairs of ``cfg``; ``missing`` collects images without a mask (see :func:`folder_items`)."""
     if not cfg.images:
         raise InputError("data.images is not set (give --data or set it in the config)")
     channel = cfg.channel if cfg.channel >= 0 else None
@@ -208,7 +216,7 @@ def items_from_config(cfg: DataConfig) -> list[Item]:
                              "<id>/images/<id>.png with <id>/masks/*.png)")
         if cfg.kind == "stack":
             return stack_items(cfg.images, cfg.labels, channel)
-        items = folder_items(*pair)
+        items = folder_items(*pair, missing=missing)
     elif cfg.kind == "dsb":
         items = dsb_items(cfg.images)
     elif cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
@@ -257,6 +265,29 @@ def split_holdout(items: list[Item], cfg: DataConfig, seed: int) -> tuple[list[I
     return rest, held
 
 
+def read_groups(path: str | Path) -> dict[str, str]:
+    """Image name -> group (experiment) from a CSV with columns ``image`` and ``group``."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the groups file ({exc.strerror or exc})") from None
+    if not rows or not {"image", "group"} <= set(rows[0]):
+        raise InputError(f"{path}: a groups file needs the columns image and group")
+    return {r["image"]: r["group"] for r in rows}
+
+
+def drop_groups(items: list[Item], groups_csv: str | Path, exclude: tuple[str, ...]) -> list[Item]:
+    """``items`` less those whose group (per ``groups_csv``) is in ``exclude``; every name must be a group."""
+    groups = read_groups(groups_csv)
+    unknown = sorted(set(exclude) - set(groups.values()))
+    if unknown:
+        raise InputError(f"{groups_csv}: no group named {unknown[0]!r} (groups: {', '.join(sorted(set(groups.values())))})")
+    return [it for it in items if groups.get(it.name) not in exclude]
+
+
 def items_named(items: list[Item], names: list[str]) -> list[Item]:
     """The items called ``names``, in that order (a finished run's recorded validation images)."""
     by_name = {it.name: it for it in items}
@@ -264,6 +295,23 @@ def items_named(items: list[Item], names: list[str]) -> list[Item]:
     if missing:
         raise InputError(f"{len(missing)} validation image(s) not in this data set, e.g. {missing[0]!r}")
     return [by_name[n] for n in names]
+
+
+def split_run(cfg: RunConfig) -> tuple[list[Item], list[Item], list[Item]]:
+    """(training, validation, held-out) items of a run: seeded by ``data.split_seed`` (default
+    ``train.seed``), so reproducible."""
+    seed = cfg.data.split_seed if cfg.data.split_seed >= 0 else cfg.train.seed
+    rest, holdout_items = split_holdout(items_from_config(cfg.data), cfg.data, seed)
+    if cfg.data.exclude_groups:  # after the held-out draw, so it is the same images less the left-out groups
+        rest, holdout_items = (drop_groups(p, cfg.data.groups, cfg.data.exclude_groups) for p in (rest, holdout_items))
+    # a different draw for validation when a holdout was taken (the holdout used the plain seed's draw)
+    train_items, val_items = split_items(rest, cfg.data, seed + (1 if holdout_items else 0))
+    parts = (train_items, val_items, holdout_items)
+    if cfg.data.modalities:  # after the split, so each part is the unfiltered run's, less other modalities
+        parts = tuple(keep_modalities(p, cfg.data.modalities) for p in parts)
+        if not parts[0]:
+            raise InputError(f"{cfg.data.images}: no training image of modality {', '.join(cfg.data.modalities)}")
+    return parts
 
 
 # ---- patch dataset -------------------------------------------------------------

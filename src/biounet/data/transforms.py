@@ -385,6 +385,55 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def random_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """How another lab's image differs: gamma, contrast, blur and noise, each drawn independently.
+
+    Half the patches get a gamma in [0.5, 2] and half a contrast cut to x0.3-1 about the mean
+    (log-uniform); a third are blurred (Gaussian, sigma 0.5-2 px) and a third get noise: Gaussian
+    (up to 0.2 of the image's standard deviation) or Poisson-like (variance proportional to the
+    brightness above the minimum). Like :func:`random_intensity`, magnitudes are relative to the
+    image's own range, so it suits any normalisation; labels are unaffected.
+
+    Args:
+        image: ``(H, W, C)`` floating image.
+        rng: source of randomness; all scalars are drawn first, so a seed gives the same draw.
+
+    Returns:
+        New C-contiguous image, same shape and dtype.
+    """
+    from scipy import ndimage as ndi
+
+    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if rng.random() < 0.5 else 1.0
+    contrast = float(np.exp(rng.uniform(np.log(0.3), 0.0))) if rng.random() < 0.5 else 1.0
+    sigma = float(rng.uniform(0.5, 2.0)) if rng.random() < 1 / 3 else 0.0
+    noise = float(rng.uniform(0.02, 0.2)) if rng.random() < 1 / 3 else 0.0
+    poisson = bool(rng.random() < 0.5)
+
+    out = np.array(image, order="C", copy=True)
+    lo, hi = float(out.min()), float(out.max())
+    span = hi - lo
+    if span <= 0 or not np.isfinite(span):
+        return out
+    if gamma != 1.0:
+        out = (((out - lo) / span) ** gamma * span + lo).astype(image.dtype)
+    if contrast != 1.0:
+        mean = float(out.mean())
+        out = ((out - mean) * contrast + mean).astype(image.dtype)
+    if sigma:
+        out = ndi.gaussian_filter(out, sigma=(sigma, sigma, 0), mode="reflect").astype(image.dtype)
+    if noise:
+        std = float(out.std()) or span
+        z = rng.standard_normal(size=out.shape).astype(image.dtype)
+        if poisson:  # shot noise: standard deviation grows as the root of the signal
+            rel = np.sqrt(np.clip((out - lo) / span, 0.0, None))
+            out = out + z * (noise * std * 2.0) * rel
+        else:
+            out = out + z * (noise * std)
+    return np.ascontiguousarray(out, dtype=image.dtype)
+
+
 def random_stain(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """H&E stain jitter of a raw RGB image (Tellez et al. 2018, "HED" augmentation).
 
@@ -515,4 +564,6 @@ def augment(
             image = np.array(image, order="C", copy=True)
     if cfg.intensity:
         image = random_intensity(image, rng)
+    if cfg.degrade:
+        image = random_degrade(image, rng)
     return image, labels

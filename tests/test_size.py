@@ -1,0 +1,171 @@
+"""Object-size estimation (biounet.size) and --diameter auto around prediction."""
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.draw import disk
+from skimage.measure import label
+from skimage.transform import resize
+
+from biounet import size as S
+
+
+def disks(diameter: float, side: int = 256, seed: int = 0) -> np.ndarray:
+    """Label image of non-touching disks of one ``diameter`` on a jittered grid."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((side, side), np.int32)
+    step = int(diameter * 1.6) + 2
+    k = 0
+    for y in range(step // 2, side - step // 2, step):
+        for x in range(step // 2, side - step // 2, step):
+            k += 1
+            rr, cc = disk((y + rng.integers(-1, 2), x + rng.integers(-1, 2)), diameter / 2, shape=lab.shape)
+            lab[rr, cc] = k
+    return lab
+
+
+def test_object_diameters_of_disks_and_of_nothing():
+    lab = disks(20)
+    d = S.object_diameters(lab)
+    assert len(d) == lab.max() and np.allclose(d, 20, rtol=0.08)
+    assert len(S.object_diameters(np.zeros((5, 5), int))) == 0
+
+
+@pytest.mark.parametrize("probes,expect", [
+    # the probe whose median is nearest the training size (20) is trusted: 0.5 sees 18 -> 36 in the image
+    ([(1.0, [6.0] * 5), (0.5, [18.0] * 5), (0.25, [9.0] * 5)], 36.0),
+    ([(1.0, [21.0] * 5), (0.5, [11.0] * 5)], 21.0),
+    ([(1.0, [40.0] * 2), (0.5, [20.0] * 2)], 0.0),  # fewer than MIN_OBJECTS everywhere: no estimate
+])
+def test_pick_diameter_trusts_the_probe_nearest_the_training_size(probes, expect):
+    d, _ = S.pick_diameter(20.0, [(s, np.array(v)) for s, v in probes])
+    assert d == pytest.approx(expect)
+
+
+def test_scale_for_keeps_the_band_and_clips():
+    assert S.scale_for(20, 20) == 1.0
+    assert S.scale_for(20 * S.NATIVE_BAND * 0.99, 20) == 1.0
+    assert S.scale_for(60, 20) == pytest.approx(1 / 3)
+    assert S.scale_for(5, 20) == 4.0 and S.scale_for(2, 20) == S.MAX_SCALE  # clipped
+    assert S.scale_for(0, 20) == 1.0  # nothing found: native
+
+
+def fake_network(calls: list):
+    """predict_at for a 'network' that sees disks only when they are 10-40 px across (trained at 20):
+    larger ones come out as rings of specks, smaller ones not at all, like a real one out of its range."""
+    def predict_at(x, scale):
+        calls.append((scale, x.shape))
+        img = x[0] if scale == 1.0 else resize(x[0], [round(n * scale) for n in x.shape[1:]], order=1)
+        fg = img > 0.5
+        lab = label(fg)
+        d = S.object_diameters(lab)
+        keep, large = np.zeros(lab.max() + 1, bool), np.zeros(lab.max() + 1, bool)
+        keep[1:], large[1:] = (d >= 10) & (d <= 40), d > 40
+        seen = keep[lab]
+        big = large[lab] & ~ndi.binary_erosion(fg, iterations=2)  # big ones: only edge specks
+        specks = big & (np.indices(fg.shape).sum(0) % 8 < 2)
+        p = (seen | specks).astype(np.float32)
+        return p[None] if scale == 1.0 else resize(p, x.shape[1:], order=1)[None]
+    return predict_at
+
+
+def segment(probs):
+    return label(probs[0] > 0.5)
+
+
+@pytest.mark.parametrize("true_d", [6.0, 20.0, 60.0, 90.0])
+def test_estimate_recovers_the_diameter_and_picks_the_scale(true_d):
+    x = (disks(true_d, side=512) > 0).astype(np.float32)[None]
+    calls = []
+    est, probs = S.estimate(x, 20.0, fake_network(calls), segment)
+    if true_d == 6.0:  # too small for every probe: no estimate, native
+        assert est.diameter == 0 and est.scale == 1.0
+        return
+    assert est.diameter == pytest.approx(true_d, rel=0.2)
+    assert est.scale == pytest.approx(S.scale_for(est.diameter, 20.0), rel=1e-3) or probs is not None
+    if true_d == 20.0:  # at the training size: the native probe is the answer, no extra pass
+        assert est.scale == 1.0 and probs is not None
+        assert len(calls) == len(S.PROBE_SCALES)
+
+
+def test_estimate_probes_a_big_image_on_its_centre_only():
+    x = np.zeros((1, 3000, 2500), np.float32)
+    x[0, 1000:2000, 800:1700] = (disks(20, side=1000)[:, :900] > 0)
+    calls = []
+    est, probs = S.estimate(x, 20.0, fake_network(calls), segment)
+    assert all(shape[1:] == (S.PROBE_MAX_SIDE, S.PROBE_MAX_SIDE) for _, shape in calls)
+    assert probs is None  # the crop's probabilities are not the image's
+    assert est.diameter == pytest.approx(20, rel=0.2) and est.scale == 1.0
+
+
+def test_auto_on_a_model_at_its_training_scale_equals_no_estimate():
+    """--diameter auto must not change images already at the training size: same probabilities, one
+    estimate recorded; and it costs the probes, at most 1.31 passes."""
+    import torch
+
+    from biounet.config import PostConfig, RunConfig
+    from biounet.models.unet import UNet
+    from biounet.predict import Segmenter
+    from biounet.tasks import apply_overrides
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "model.base_features=4", "model.depth=2", "model.out_channels=3",
+                                        "data.target=contour3", "data.normalize=nuclei"])
+    seg = Segmenter(module=UNet(cfg.model).eval(), config=cfg, post=PostConfig(mode="instances"), train_diameter=20.0)
+    img = (disks(20, side=128) > 0).astype(np.uint8) * 200
+    auto, none = seg.with_options(diameter="auto"), seg.with_options(diameter=None)
+    assert auto.auto_size and not none.auto_size
+    probs, est = auto.predict_sized(auto.view(img))
+    ref, nothing = none.predict_sized(none.view(img))
+    assert nothing is None and est is not None
+    if est.scale == 1.0:
+        assert np.array_equal(probs, ref)
+    else:  # an untrained net's objects may look any size: then the image was resized, at the same shape
+        assert probs.shape == ref.shape
+
+
+def test_parse_diameter_words_numbers_and_errors():
+    from biounet.io import InputError
+    from biounet.predict import PredictOptions, parse_diameter
+
+    assert parse_diameter("auto") == "auto" and parse_diameter("None") is None and parse_diameter("30") == 30.0
+    for bad in ("big", "0", "-3"):
+        with pytest.raises(InputError, match="--diameter"):
+            parse_diameter(bad)
+    assert PredictOptions().diameter == "auto"
+    with pytest.raises(InputError, match="--diameter"):
+        PredictOptions(diameter="huge")
+
+
+def test_cli_auto_diameter_on_a_sample_enlarged_3x_finds_the_size_and_writes_it(tmp_path):
+    """The shipped nuclei model on a shipped sample blown up 3x: --diameter auto (the default) estimates about
+    3x the sample's own nuclei, segments about as many nuclei as at native size, and --measure records it."""
+    from pathlib import Path
+
+    import tifffile
+    from typer.testing import CliRunner
+
+    from biounet.cli import app
+    from biounet.io import read_image
+
+    sample = sorted((Path(__file__).resolve().parents[1] / "src/biounet/samples/dsb2018").glob("*.png"))[0]
+    img = read_image(sample)
+    big = np.clip(resize(img, (img.shape[0] * 3, img.shape[1] * 3) + img.shape[2:], order=1, preserve_range=True),
+                  0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    tifffile.imwrite(tmp_path / "native.tif", img)
+    out = {}
+    for mode in ("auto", "none"):
+        res = CliRunner().invoke(app, ["predict", "-m", "dsb2018-nuclei", "-o", str(tmp_path / mode), "--measure",
+                                       "--diameter", mode, str(tmp_path / "big.tif"), str(tmp_path / "native.tif")])
+        assert res.exit_code == 0, res.output
+        out[mode] = {n: (tmp_path / mode / f"{n}.csv").read_text().splitlines() for n in ("big", "native")}
+    header = out["auto"]["big"][0].split(",")
+    assert "estimated_diameter" in header and "estimated_diameter" not in out["none"]["big"][0]
+    col = header.index("estimated_diameter")
+    est_big = float(out["auto"]["big"][1].split(",")[col])
+    est_native = float(out["auto"]["native"][1].split(",")[col])
+    assert est_big == pytest.approx(3 * est_native, rel=0.25)
+    n_native = len(out["none"]["native"]) - 1
+    assert abs((len(out["auto"]["big"]) - 1) - n_native) <= max(2, 0.2 * n_native)
