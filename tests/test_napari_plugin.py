@@ -54,7 +54,17 @@ def test_segment_layer_stacks_give_stacks_and_em_gives_cells():
     assert len(np.unique(cells[0])) > 3  # cells, not a 0/255 membrane mask
     assert [s[2] for s in steps] == ["loading model", "slice 1/2", "slice 2/2", "done"]
     _, probs = _run(plug.segment_layer(em, False, "isbi2012-membrane", output="probabilities"))
-    assert probs.shape == (64, 64) and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
+    assert probs.shape == (64, 64) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs, load_model("isbi2012-membrane").predict(em))  # the Segmenter's sigmoid
+
+
+def test_probabilities_layer_is_the_segmenters_foreground_probability():
+    image = plug.sample_nuclei()[0][0][:96, :128]
+    _, probs = _run(plug.segment_layer(image, True, "dsb2018-nuclei", output="probabilities"))
+    want = load_model("dsb2018-nuclei").predict(image)  # (3, H, W) softmax, channel 0 the background
+    assert probs.dtype == np.float32 and probs.shape == want.shape[1:]
+    np.testing.assert_array_equal(probs, (1.0 - want[0]).astype(np.float32))
+    assert probs.min() >= 0 and probs.max() > 0.5  # nuclei found, not a blank layer
 
 
 def test_reader_opens_biounet_outputs_as_what_they_are(tmp_path):
@@ -107,7 +117,7 @@ def test_manifest_is_valid():
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(Path(plug.__file__).with_name("napari.yaml"))
     manifest.validate_imports()  # every python_name resolves
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune"}
 
 
 # ---- the real widget in a real viewer --------------------------------------------------
@@ -166,3 +176,5 @@ def test_widget_probabilities_of_a_model_folder(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=120_000)
     layer = viewer.layers[-1]
     assert type(layer).__name__ == "Image" and layer.name == "em_probabilities" and layer.data.shape == (64, 64)
+    want = load_model(checkpoint.resolve_model("isbi2012-membrane")).predict(viewer.layers["em"].data)
+    np.testing.assert_array_equal(np.asarray(layer.data), want)  # what the Segmenter predicts, shown unchanged
