@@ -61,8 +61,8 @@ def _run(fn, *args, **kwargs):
         if _DEBUG["on"]:
             raise
         _fail(str(exc))
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        if _DEBUG["on"]:
+    except OSError as exc:  # a named file: missing, a folder, unwritable, read-only file system, disk full
+        if _DEBUG["on"] or exc.filename is None:
             raise
         _fail(f"{exc.filename}: {exc.strerror}")
 
@@ -79,21 +79,70 @@ def models() -> None:
     for name, folder in found.items():
         task = get_task(_run(load_config, folder))
         m = read_metrics(folder)
-        held = _scores(m, task.headline, "holdout_")
-        held = f"; held out (nothing picked on them): {held}" if held else ""
-        typer.echo(f"{name:24s} {task.name:9s} validation: {_scores(m, task.headline, 'tuned_') or 'n/a'}{held}")
+        tuned = "tuned_" if any(f"tuned_{k}" in m for k in task.headline) else ""  # older runs: plain scores
+        parts = _score_parts(m, task, [(tuned, "validation, tuned thresholds" if tuned else "validation"),
+                                       ("holdout_", "held-out (nothing picked on it)")])
+        typer.echo(f"{name:24s} {task.name:9s} {'; '.join(parts) or 'validation: n/a'}")
+
+
+# what a metrics.json key is, for a person: "dsb" -> "DSB"
+_METRIC_NAMES = {"dsb": "DSB", "ap50": "AP50", "ap75": "AP75", "dice": "Dice", "iou": "IoU", "v_rand": "V-Rand",
+                 "v_info": "V-Info", "pixel_error": "pixel error", "membrane_dice": "membrane Dice"}
 
 
 def _scores(metrics: dict, headline: tuple[str, ...], prefix: str) -> str:
-    """'dsb=0.581, ap50=0.781' from a metrics.json's ``prefix``-ed headline scores ('' if it has none)."""
-    return ", ".join(f"{k}={metrics[prefix + k]:.3f}" for k in headline if isinstance(metrics.get(prefix + k), float))
+    """'DSB 0.581, AP50 0.781' from a metrics.json's ``prefix``-ed headline scores ('' if it has none)."""
+    return ", ".join(f"{_METRIC_NAMES.get(k, k)} {metrics[prefix + k]:.3f}" for k in headline
+                     if isinstance(metrics.get(prefix + k), float))
+
+
+def _score_parts(metrics: dict, task, kinds: list[tuple[str, str]]) -> list[str]:
+    """'validation, tuned thresholds: DSB 0.540, ...' per (key prefix, what those scores are) that ``metrics`` has:
+    validation scores (picked the epoch, perhaps the thresholds) are never mixed up with held-out ones."""
+    parts = [(label, _scores(metrics, task.headline, prefix)) for prefix, label in kinds]
+    return [f"{label}: {scores}" for label, scores in parts if scores]
+
+
+def _run_scores(metrics: dict, task) -> list[str]:
+    """A finished training run's (or ensemble's) scores, each group named for what it is."""
+    plain = ("validation, threshold tuned at each validation" if task.tune_each_validation
+             else "validation at the config's thresholds")
+    return _score_parts(metrics, task, [("", plain), ("tuned_", "validation, tuned thresholds"),
+                                        ("holdout_", "held-out")])
+
+
+def _nothing_found(metrics: dict, task) -> Optional[str]:
+    """A warning when the run's final score is at its floor (Dice 0, DSB 0): the model finds nothing."""
+    for prefix, label in (("tuned_", "validation"), ("", "validation"), ("holdout_", "held-out")):
+        value = metrics.get(prefix + task.found)
+        if isinstance(value, float):
+            if value >= 0.01:
+                return None
+            return (f"warning: {label} {_METRIC_NAMES.get(task.found, task.found)} is {value:.3f}: the model predicts "
+                    "nothing useful yet; train longer (more --epochs) or check the labels (biounet check-data)")
+    return None
 
 
 @app.command()
 def predict(
-    inputs: List[Path] = typer.Argument(..., help="Images, TIFF stacks, or folders of images / DSB image folders."),
+    inputs: List[Path] = typer.Argument(..., help="Images, TIFF stacks, OME-Zarr stores (x.ome.zarr), CZI/ND2/LIF files "
+                                                  "(pip install 'biounet\\[formats]'), or folders of them / DSB image folders."),
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name or a model/run folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <input stem>.tif per input (or a store x.ome.zarr "
+                                                      "for one input: --out-format ome-zarr)."),
+    out_format: str = typer.Option(
+        "tif", "--out-format", help="tif, or ome-zarr: chunked OME-Zarr written block by block; an OME-Zarr input gets "
+                                    "labels/<model> in its own store (napari, MoBIE show them over the image), other "
+                                    "inputs (and probabilities) <stem>.ome.zarr in --out."),
+    scene: Optional[int] = typer.Option(None, "--scene", min=0, help="Scene (series) of a multi-scene CZI/ND2/LIF, "
+                                                                     "OME-Zarr (bioformats2raw) or OME-TIFF file."),
+    time_point: Optional[int] = typer.Option(None, "--time", min=0, help="Time point of a time-lapse (0-based)."),
+    z: Optional[int] = typer.Option(None, "--z", min=0, help="z-plane of a z-stack (0-based); OME-Zarr, CZI/ND2/LIF."),
+    level: Optional[int] = typer.Option(None, "--level", min=0, help="Resolution level of a pyramid (0 = full "
+                                                                     "resolution, the default); OME-Zarr, OME-TIFF."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Predict each image block by block in this many processes "
+                                                            "(a local dask.distributed cluster; 1 = block by block here; "
+                                                            "0 = as usual)."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
     measure: bool = typer.Option(
@@ -112,8 +161,9 @@ def predict(
     tile: int = typer.Option(0, help="Overlap-tile size (0 = whole image up to about 1448x1448 (2.1 Mpx), tiles of 512 beyond)."),
     overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: a third of the net's receptive field)."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average the 8 flips/rotations."),
-    diameter: Optional[float] = typer.Option(
-        None, help="Typical object diameter (px) in these images; rescales them to the model's training scale."),
+    diameter: str = typer.Option(
+        "auto", help="Typical object diameter (px) in these images, rescaled to the model's training scale; "
+                     "auto (default) estimates it per image (nuclei models), none keeps every image as it is."),
     batch_size: int = typer.Option(0, help="Tiles per forward pass (0 = 1 on CPU, 4 on GPU)."),
     device: str = typer.Option("auto", help="auto (a GPU when present, else cpu), cpu, cuda, cuda:1, ..."),
     overwrite: bool = typer.Option(False, help="Replace outputs that already exist (default: refuse)."),
@@ -126,9 +176,14 @@ def predict(
 ) -> None:
     """Predict masks (semantic models) or instance labels (nuclei models) for images."""
     _setup_logging(verbose)
+    import time
+
+    started = time.perf_counter()
     from .io import InputError
+    from .big import check_out_format, check_zarr_outputs
+    from .formats import PlanePick
     from .predict import (OutputOptions, PredictOptions, check_device, check_outputs, expand_inputs, load_model,
-                          predict_file)
+                          parse_diameter, predict_file)
 
     if outlines is not None and outlines not in ("imagej", "geojson"):
         _fail(f"--outlines must be imagej or geojson, got {outlines!r}")
@@ -143,7 +198,7 @@ def predict(
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     device = _run(check_device, device)
     options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
-                   diameter=diameter, progress=verbose or len(files) == 1, fast=fast, backend=backend,
+                   diameter=_run(parse_diameter, diameter), progress=verbose or len(files) == 1, fast=fast, backend=backend,
                    compile=compile_)
     seg = _run(load_model, model, device=device, options=options)
     if instances:
@@ -157,7 +212,12 @@ def predict(
         _fail("--pixel-size calibrates --measure's table; add --measure")
     if pixel_size is not None and not pixel_size > 0:
         _fail(f"--pixel-size must be > 0 micrometres per pixel, got {pixel_size}")
-    todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
+    out_format = _run(check_out_format, out_format, out)
+    pick = _run(PlanePick, scene=scene, time=time_point, z=z, level=level)
+    if out_format == "ome-zarr":  # stores and labels groups, checked as check_outputs checks files
+        todo = _run(check_zarr_outputs, files, out, seg.name, probabilities, pick, overwrite, skip_existing)
+    else:
+        todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
@@ -166,10 +226,11 @@ def predict(
     from tqdm.auto import tqdm
 
     failed: list[str] = []
+    objects: list[int] = []  # per image, instance outputs only
     # a bar on a terminal only (disable=None): redirected to a log, it would fill it
     for path in tqdm(mine, desc="images", disable=True if len(mine) < 2 or rank > 0 else None):
         try:
-            written = predict_file(seg, path, out, opts, channel)
+            written = predict_file(seg, path, out, opts, channel, pick=pick, out_format=out_format, workers=workers)
         except InputError as exc:  # one bad file does not stop the batch
             failed.append(str(exc))
             continue
@@ -178,7 +239,13 @@ def predict(
             continue
         for w in written:
             logging.getLogger("biounet").info("wrote %s", w)
+        n = _object_count(written[0])
+        if n is not None:
+            objects.append(n)
+            tqdm.write(f"{path.name}: {n} object(s) -> {written[0]}")
     done = len(mine) - len(failed)
+    found = f", {sum(objects)} object(s)" if objects else ""
+    took = f" in {time.perf_counter() - started:.1f} s"
     if world > 1:
         import torch.distributed as dist
 
@@ -188,15 +255,40 @@ def predict(
         dist.destroy_process_group()
         failed = [f for part in failures for f in part]
         if rank == 0:
-            typer.echo(f"{sum(counts)} image(s) -> {out}/ ({world} processes: {', '.join(map(str, counts))})")
+            typer.echo(f"{sum(counts)} image(s) -> {out}/{took} ({world} processes: {', '.join(map(str, counts))})")
     else:
-        typer.echo(f"{done} image(s) -> {out}/")
+        typer.echo(f"{done} image(s) -> {out}/{took}{found}")
     if failed:
         if rank == 0:
             typer.echo(f"error: {len(failed)} image(s) failed:", err=True)
             for line in failed:
                 typer.echo(f"  {line}", err=True)
         raise typer.Exit(2)
+
+
+def _object_count(path: Path) -> Optional[int]:
+    """Objects in a written instance-label TIFF, all pages together; None for masks and probabilities.
+
+    Read back in bands of rows (a memory map where the file allows), so a whole-slide output is not
+    loaded at once."""
+    import numpy as np
+
+    from .io import open_lazy, output_kind, read_stack
+
+    if Path(path).is_dir():  # an OME-Zarr store or labels group (--out-format ome-zarr)
+        from .big import count_objects
+
+        return count_objects(path)
+    if output_kind(path) != "labels":
+        return None
+    lazy = open_lazy(path)
+    total = 0
+    for page in [lazy] if lazy is not None else read_stack(path):
+        ids: set[int] = set()
+        for row in range(0, page.shape[0], 2048):
+            ids.update(np.unique(page[row:row + 2048]).tolist())
+        total += len(ids - {0})
+    return total
 
 
 def _set_threads(threads: int, share: int = 1) -> None:
@@ -264,6 +356,8 @@ def train(
 
     if resume and not (out / "config.json").exists():
         _fail(f"{out}: no run to resume here (no config.json); drop --resume to start one")
+    if resume and not (out / checkpoint.STATE).is_file():
+        _fail(f"{out}: no epoch of this run was saved, so there is nothing to resume; start it again without --resume")
     if resume:
         cfg = _run(checkpoint.load_config, out)
     elif config is not None:
@@ -272,8 +366,13 @@ def train(
         cfg = _run(build_config, {"task": task})
     else:
         _fail("give --config or --task (or --resume to continue the run in --out)")
-    if not resume and not overwrite and (out / "config.json").exists():
+    # a run stopped before its first epoch ended saved nothing (config.json alone): starting again is free
+    saved = any((out / f).exists() for f in (checkpoint.STATE, checkpoint.WEIGHTS))
+    if not resume and not overwrite and (out / "config.json").exists() and saved:
         _fail(f"{out}: already holds a run; --resume continues it, --overwrite starts again")
+    from .io import check_writable
+
+    _run(check_writable, out, folder=True)  # a read-only --out fails now, not after the data is read
     overrides = list(set_)
     if data is not None and not any(o.startswith("data.kind=") for o in overrides):
         from .data.dataset import guess_kind
@@ -299,11 +398,22 @@ def train(
         from .checkpoint import STATE, load_state
 
         state = out / STATE
-        done = load_state(state)["epoch"] + 1 if state.is_file() else 0
+        if not state.is_file():  # stopped before the first epoch was saved: nothing to resume
+            typer.echo(f"\ninterrupted: no epoch was saved yet (no {out}/{STATE}), so there is nothing to resume; "
+                       "run the same command again to start over (without --resume)", err=True)
+            raise typer.Exit(130)
+        done = load_state(state)["epoch"] + 1
         typer.echo(f"\ninterrupted: {out}/{STATE} holds epoch {done} of {cfg.train.epochs}; "
                    f"continue with: biounet train --out {out} --resume", err=True)
         raise typer.Exit(130)
-    typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in (result or {}).items() if isinstance(v, float)))
+    from .tasks import get_task
+
+    task = get_task(cfg)
+    scores = "; ".join(_run_scores(result or {}, task))
+    typer.echo(f"done: {out}/" + (f"  {scores} (all scores: {out}/metrics.json)" if scores else ""))
+    warning = _nothing_found(result or {}, task)
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @app.command()
@@ -323,7 +433,7 @@ def ensemble(
         _fail(f"{out}: is one of the runs being averaged; write the ensemble to another --out")
     if not overwrite and (out / "config.json").exists():
         _fail(f"{out}: already holds a model; --overwrite replaces it")
-    from .train import ensemble as make_ensemble
+    from .tune import ensemble as make_ensemble
 
     result = _run(make_ensemble, runs, out, data)
     typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
@@ -338,10 +448,44 @@ def retune(
 
     The task's current grid; both are stored beside the weights (thresholds.json, metrics.json)."""
     _setup_logging(True)
-    from .train import retune as run_retune
+    from .tune import retune as run_retune
 
     result = _run(run_retune, model, data)
     typer.echo(f"done: {model}  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
+
+
+@app.command()
+def finetune(
+    model: str = typer.Option("dsb2018-nuclei", "--model", "-m", help="Nuclei model to start from: a shipped "
+                              "model's name or a model/run folder."),
+    data: str = typer.Option(..., help="Labelled images: a folder holding images/ and masks/, an image folder "
+                             "(with --labels), a DSB folder or zip, or a TIFF stack (with --labels)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (for predict --model, export)."),
+    labels: Optional[str] = typer.Option(None, help="Mask folder or label stack for --data."),
+    minutes: float = typer.Option(10.0, help="Wall time for the whole fine-tuning, scoring included."),
+    overwrite: bool = typer.Option(False, help="Replace a model already in --out."),
+    device: str = typer.Option("auto", help="auto (a GPU when present, else cpu), cpu, cuda, ..."),
+    threads: int = typer.Option(0, help="CPU threads (0 = one per core available to this process)."),
+    seed: int = typer.Option(0, help="Seeds the held-out draw and the patches."),
+) -> None:
+    """Fine-tune a nuclei model on a few labelled images (1-20); prints its scores before and after.
+
+    From 3 images on, a fifth (at least one) is held out and scored; below, the training images are."""
+    _setup_logging(True)
+    from .finetune import finetune as run_finetune
+    from .predict import check_device
+
+    _set_threads(threads)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _run(check_device, device)
+    result = _run(run_finetune, model, data, out, labels=labels, minutes=minutes, overwrite=overwrite, seed=seed,
+                  device=device)
+    for line in result.lines():
+        typer.echo(line)
+    typer.echo(f"done: {out}/  (biounet predict --model {out} ...)")
 
 
 def _check_suffix(path: Optional[Path], suffix: str, option: str) -> None:
@@ -360,12 +504,26 @@ def evaluate(
     skip_missing: bool = typer.Option(False, help="Score only the truth images that have a prediction."),
     report: Optional[Path] = typer.Option(None, help="Also write one self-contained HTML page (scores, worst images)."),
     run: Optional[Path] = typer.Option(None, help="With --report: a training run folder whose curve to include."),
+    groups: Optional[Path] = typer.Option(None, help="With --report: a CSV with columns image,group (e.g. "
+                                          "configs/dsb2018-groups.csv); the report also scores each group."),
 ) -> None:
     """Score predictions against truth; needs no model (files in, numbers out)."""
     _setup_logging(False)
     for path, suffix, option in ((json_out, ".json", "--json"), (per_image, ".csv", "--per-image"),
                                  (report, ".html", "--report")):
         _check_suffix(path, suffix, option)
+    from .io import check_writable
+
+    for path in (json_out, per_image, report):  # before scoring: a read-only folder is one line, not a traceback
+        if path is not None:
+            _run(check_writable, path)
+    group_of = None
+    if groups is not None:  # before scoring too: a mistyped groups file is one line
+        from .data.dataset import read_groups
+
+        group_of = _run(read_groups, groups)
+        if not report:
+            typer.echo("warning: --groups only adds a table to the --report page; no --report given", err=True)
     from .evaluate import evaluate_paths, format_table
 
     summary, rows = _run(evaluate_paths, truth, pred, skip_missing)
@@ -379,22 +537,27 @@ def evaluate(
     from .checkpoint import write_json
 
     if json_out:
-        write_json(json_out, summary)
+        _run(write_json, json_out, summary)
     if per_image and rows:
         from .evaluate import write_rows_csv
 
-        write_rows_csv(per_image, rows)
+        _run(write_rows_csv, per_image, rows)
     if report:
-        from .evaluate import worst_pictures
+        from .evaluate import report_breakdowns, worst_pictures
         from .io import atomic_path
         from .report import render_report
 
         curve = run / "curve.png" if run else None
-        page = render_report(f"biounet evaluate: {pred} against {truth}", summary, rows,
+        shown, breakdowns = _run(report_breakdowns, truth, rows, group_of) if rows else (rows, [])
+        page = render_report(f"biounet evaluate: {pred} against {truth}", summary, shown,
                              _run(worst_pictures, truth, pred, rows) if rows else [],
-                             curve.read_bytes() if curve and curve.is_file() else None)
-        with atomic_path(report) as tmp:
-            tmp.write_text(page)
+                             curve.read_bytes() if curve and curve.is_file() else None, breakdowns)
+
+        def write_page() -> None:
+            with atomic_path(report) as tmp:
+                tmp.write_text(page)
+
+        _run(write_page)
         typer.echo(f"report -> {report}")
 
 
@@ -408,15 +571,15 @@ def check_data(
     """Check a training set: unreadable files, size mismatches, duplicates, empty masks; a summary per modality."""
     _setup_logging(False)
     from .config import DataConfig, from_dict
-    from .data.check import check_items, format_report
-    from .data.dataset import guess_kind, items_from_config
+    from .data.check import check_data as check_all, format_report
+    from .data.dataset import guess_kind
 
     kind = kind or guess_kind(data, labels)
     if kind is None:
         _fail(f"{data}: cannot tell what kind of data this is (a DSB zip or folder, a folder holding images/ and "
               "masks/, a COCO .json, or a TIFF stack with --labels); give --kind (and --labels)")
     cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or "", "channel": channel}, "data.")
-    report = check_items(_run(items_from_config, cfg))
+    report = _run(check_all, cfg)  # every problem listed, then a non-zero exit
     typer.echo(format_report(report))
     if not report.ok:
         raise typer.Exit(2)
@@ -428,7 +591,7 @@ def submit(
     out: Path = typer.Option(..., "--out", "-o", help="Submission CSV (ImageId,EncodedPixels)."),
 ) -> None:
     """Write a Kaggle DSB 2018 run-length-encoded submission from label images."""
-    from .export import write_submission
+    from .data.dsb import write_submission
     from .io import list_images, read_image
 
     _check_suffix(out, ".csv", "--out")
@@ -452,6 +615,10 @@ def demo(
     samples = Path(__file__).parent / "samples"
     jobs = {"isbi2012-membrane": samples / "isbi2012", "dsb2018-nuclei": samples / "dsb2018"}
     shipped = shipped_models()
+    from .io import check_writable
+
+    _run(check_writable, out, folder=True)
+    pictures: list[Path] = []
     for name, folder in jobs.items():
         if name not in shipped or not folder.is_dir():
             typer.echo(f"skip {name}: not shipped in this build")
@@ -459,8 +626,15 @@ def demo(
         seg = load_model(name)
         for path in sorted(folder.iterdir()):
             opts = OutputOptions(overlays=True, measure=seg.post.mode == "instances")  # nuclei: + a table
-            written = predict_file(seg, path, out / name, opts)
-            typer.echo(f"{name}: {path.name} -> " + ", ".join(str(w) for w in written))
+            written = _run(predict_file, seg, path, out / name, opts)
+            n = _object_count(written[0])
+            found = f" ({n} object(s))" if n is not None else ""
+            typer.echo(f"{name}: {path.name}{found} -> " + ", ".join(str(w) for w in written))
+            pictures += [w for w in written if w.stem.endswith("_overlay")]
+    if pictures:  # what a first-time user should look at
+        typer.echo("open these to see the results (outlines drawn over the images):")
+        for p in pictures:
+            typer.echo(f"  {p}")
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ __all__ = [
     "segment",
     "label_blockwise",
     "blockwise_layout",
+    "keep_anchored",
+    "paste_labels",
 ]
 
 PostFn = Callable[[NDArray, PostConfig], NDArray]
@@ -383,13 +385,30 @@ def label_blockwise(
         if labels.shape != (wy1 - wy0, wx1 - wx0):
             raise ValueError(f"label_fn returned shape {labels.shape} for a {(wy1 - wy0, wx1 - wx0)} window")
         core = (y - wy0, min(y + block, height) - wy0, x - wx0, min(x + block, width) - wx0)
-        keep = np.flatnonzero(_anchored(labels.astype(np.int64, copy=False), core))
-        if not len(keep):
-            continue
-        lut = np.zeros(int(labels.max()) + 1, np.int64)
-        lut[keep] = np.arange(next_id, next_id + len(keep))
-        next_id += len(keep)
-        pasted = lut[labels]
-        region = np.asarray(out[wy0:wy1, wx0:wx1])
-        out[wy0:wy1, wx0:wx1] = np.where((pasted > 0) & (region == 0), pasted, region)
+        next_id = paste_labels(out, keep_anchored(labels, core), (wy0, wx0), next_id)
     return out
+
+
+def keep_anchored(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
+    """The objects of a window's ``labels`` whose centroid (floored) lies in ``core`` (y0, y1, x0, x1, window
+    coordinates), renumbered 1..n in the order of their ids; the rest 0. One block's share of
+    :func:`label_blockwise`, which any process can compute on its own."""
+    keep = np.flatnonzero(_anchored(labels.astype(np.int64, copy=False), core))
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels]
+
+
+def paste_labels(out: Any, kept: np.ndarray, origin: tuple[int, int], next_id: int) -> int:
+    """Paste a block's :func:`keep_anchored` objects into ``out`` at ``origin`` (y, x) as ids ``next_id..``, onto
+    still-unlabelled pixels only; returns the next free id. Blocks pasted in raster order give
+    :func:`label_blockwise`'s result, whichever process labelled them."""
+    n = int(kept.max(initial=0))
+    if not n:
+        return next_id
+    y0, x0 = origin
+    y1, x1 = y0 + kept.shape[0], x0 + kept.shape[1]
+    pasted = np.where(kept > 0, kept.astype(np.int64) + (next_id - 1), 0)
+    region = np.asarray(out[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = np.where((pasted > 0) & (region == 0), pasted, region)
+    return next_id + n

@@ -31,6 +31,7 @@ from .config import PostConfig, RunConfig
 from .io import InputError
 from .models.unet import Ensemble, UNet
 from .normalize import NormalizedView
+from .size import SizeEstimate
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class PredictOptions:
     the CPU (about 0.25 Mpx per pass ran fastest here), four on a GPU; ``tta`` averages the 8
     flips/rotations (whole image or per tile, independent of tiling);
     ``diameter`` (px) rescales images so objects that size look like the
-    training objects (outputs stay at the image's size). ``fast`` runs a
+    training objects (outputs stay at the image's size); ``"auto"`` (the default) estimates it per
+    image for models that record a training object size and output instances (:mod:`biounet.size`),
+    None keeps every image at its own scale. ``fast`` runs a
     copy of the network with batch norm folded into the convolutions, in
     channels-last layout (same probabilities within 1e-4, tested); ``backend``
     ``onnxruntime`` runs the network exported to ONNX in ONNX Runtime (an
@@ -68,7 +71,7 @@ class PredictOptions:
     overlap: int | None = None
     tta: bool = False
     batch_size: int = 0
-    diameter: float | None = None
+    diameter: float | Literal["auto"] | None = "auto"
     progress: bool = False
     fast: bool = True
     backend: Literal["torch", "onnxruntime", "auto"] = "torch"
@@ -81,8 +84,9 @@ class PredictOptions:
             raise InputError(f"--overlap must be >= 0, got {self.overlap}")
         if self.batch_size < 0:
             raise InputError(f"--batch-size must be >= 0 (0 = automatic), got {self.batch_size}")
-        if self.diameter is not None and not self.diameter > 0:
-            raise InputError(f"--diameter must be positive, got {self.diameter}")
+        if self.diameter is not None and self.diameter != "auto" and not (
+                isinstance(self.diameter, (int, float)) and self.diameter > 0):
+            raise InputError(f"--diameter must be a positive number of pixels, auto or none; got {self.diameter!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
             raise InputError(f"--backend must be torch, onnxruntime or auto, got {self.backend!r}")
 
@@ -99,7 +103,7 @@ class Segmenter:
     options: PredictOptions = field(default_factory=PredictOptions)
 
     def __post_init__(self) -> None:
-        if self.options.diameter is not None and not self.train_diameter:
+        if self.fixed_diameter is not None and not self.train_diameter:
             raise InputError(f"model {self.name}: records no training object diameter; --diameter needs one")
 
     def with_options(self, **changes: Any) -> "Segmenter":
@@ -111,15 +115,27 @@ class Segmenter:
         return dataclasses.replace(self, post=dataclasses.replace(self.post, **changes))
 
     @property
-    def scale(self) -> float:
-        """Resize factor applied before the network (1 unless ``options.diameter`` is set)."""
+    def fixed_diameter(self) -> float | None:
+        """``options.diameter`` when it is a number of pixels, else None."""
         d = self.options.diameter
+        return None if d is None or d == "auto" else float(d)
+
+    @property
+    def auto_size(self) -> bool:
+        """Whether each image's object size is estimated (``diameter="auto"`` on an instance model that
+        records its training object size)."""
+        return self.options.diameter == "auto" and self.train_diameter > 0 and self.post.mode == "instances"
+
+    @property
+    def scale(self) -> float:
+        """Resize factor applied before the network for a fixed ``options.diameter`` (else 1)."""
+        d = self.fixed_diameter
         return self.train_diameter / d if d else 1.0
 
     @property
     def object_diameter(self) -> float:
         """Expected object size in the input images (px), 0 if unknown."""
-        return self.options.diameter or self.train_diameter
+        return self.fixed_diameter or self.train_diameter
 
     @property
     def device(self) -> torch.device:
@@ -129,22 +145,29 @@ class Segmenter:
         self.module.to(device)
         return self
 
-    def view(self, image: Any, name: str = "image") -> NormalizedView:
-        """Lazy normalized (C, H, W) view of a raw image, normalized as in training."""
-        return NormalizedView(image, self.config.data.normalize, self.config.model.in_channels, name)
+    def view(self, image: Any, name: str = "image", channel: int | None = None) -> NormalizedView:
+        """Lazy normalized (C, H, W) view of a raw (H, W[, C]) image, normalized as in training;
+        ``channel`` segments that channel of a multi-channel image (e.g. 1 of an (H, W, 2) DAPI + GFP)."""
+        return NormalizedView(image, self.config.data.normalize, self.config.model.in_channels, name, channel=channel)
 
-    def prepare(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+    def prepare(self, image: np.ndarray, name: str = "image", channel: int | None = None) -> np.ndarray:
         """Raw (H, W[, C]) image -> normalized float32 (C, H, W) in memory: what the network is fed."""
-        return np.asarray(self.view(image, name))
+        return np.asarray(self.view(image, name, channel))
 
-    def predict(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+    def predict(self, image: np.ndarray, name: str = "image", channel: int | None = None) -> np.ndarray:
         """Probabilities at the image's size: (H, W) for binary heads, (K, H, W) for softmax."""
-        probs = self.predict_prepared(self.view(image, name))
+        probs = self.predict_prepared(self.view(image, name, channel))
         return probs[0] if probs.shape[0] == 1 else probs
 
-    def segment(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+    def segment(self, image: np.ndarray, name: str = "image", channel: int | None = None) -> np.ndarray:
         """Mask (uint8, 255 = foreground) or instance labels (int32), per the task and ``post``."""
-        return self.segment_probs(self.predict_prepared(self.view(image, name)))
+        return self.segment_probs(self.predict_prepared(self.view(image, name, channel)))
+
+    def segment_sized(self, image: np.ndarray, name: str = "image",
+                      channel: int | None = None) -> tuple[np.ndarray, SizeEstimate | None]:
+        """:meth:`segment` and the object size it estimated (None unless :attr:`auto_size`)."""
+        probs, size = self.predict_sized(self.view(image, name, channel))
+        return self.segment_probs(probs), size
 
     def segment_probs(self, probs: np.ndarray) -> np.ndarray:
         from .tasks import get_task
@@ -167,30 +190,45 @@ class Segmenter:
         rescaled (``diameter``) paths compute in memory and copy their result into it, so a caller
         that reads ``out`` always gets the probabilities.
         """
+        return self.predict_sized(x, out)[0]
+
+    def predict_sized(self, x: Any, out: Any = None) -> tuple[Any, SizeEstimate | None]:
+        """:meth:`predict_prepared` and, with :attr:`auto_size`, the size estimate it rescaled by."""
         self.module.eval()
-        if self.scale != 1.0:
-            probs = self._predict_rescaled(np.asarray(x))
+        size = None
+        if self.auto_size:
+            from .size import estimate
+
+            size, probs = estimate(x, self.train_diameter, self._predict_at, self.segment_probs)
+            if probs is None:
+                probs = self._predict_at(x, size.scale, out)
+            log.info("%s: estimated object diameter %.1f px (training %.1f px), resized x%.2f",
+                     getattr(x, "name", "image"), size.diameter, self.train_diameter, size.scale)
         else:
-            probs = self._predict_native(x, out)
+            probs = self._predict_at(x, self.scale, out)
         if out is not None and probs is not out:
             out[...] = probs
-            return out
-        return probs
+            return out, size
+        return probs, size
+
+    def _predict_at(self, x: Any, scale: float, out: Any = None) -> Any:
+        """(K, H, W) probabilities at ``x``'s size, the network run on ``x`` resized by ``scale``."""
+        return self._predict_native(x, out) if scale == 1.0 else self._predict_rescaled(np.asarray(x), scale)
 
     def _predict_native(self, x: Any, out: Any = None) -> Any:
         if self.uses_tiles(x.shape[1:]):
             from .tiling import predict_tiled
 
             return predict_tiled(self._predict_fn, x, self._tiling(tuple(x.shape[1:])), self.module.geometry,
-                                 out=out, progress=self.options.progress)
+                                 out=out, progress=self.options.progress or None)  # None: by tile count
         return self._predict_whole(np.asarray(x))
 
-    def _predict_rescaled(self, x: np.ndarray) -> np.ndarray:
+    def _predict_rescaled(self, x: np.ndarray, scale: float) -> np.ndarray:
         from skimage.transform import resize
 
         h, w = x.shape[1:]
-        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
-        small = resize(x, (x.shape[0], *size), order=1, anti_aliasing=self.scale < 1, preserve_range=True)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small = resize(x, (x.shape[0], *size), order=1, anti_aliasing=scale < 1, preserve_range=True)
         probs = self._predict_native(small.astype(np.float32))
         return resize(probs, (probs.shape[0], h, w), order=1, preserve_range=True).astype(np.float32)
 
@@ -255,7 +293,7 @@ class OnnxRunner:
     """A U-Net exported to ONNX and run by ONNX Runtime on the CPU; called like the module.
 
     The exported graph takes sides that are multiples of the network's
-    down-sampling (``biounet.export.to_onnx``); other sizes are padded here with
+    down-sampling (``biounet.graph_export.to_onnx``); other sizes are padded here with
     ``UNet.forward``'s own :func:`~biounet.models.unet.pad_to_multiple` and
     cropped back, so both backends see the same pixels.
     """
@@ -265,7 +303,7 @@ class OnnxRunner:
             raise InputError("--backend onnxruntime needs ONNX Runtime: pip install 'biounet[onnx]'")
         import onnxruntime as ort
 
-        from .export import to_onnx
+        from .graph_export import to_onnx
 
         self.align = module.cfg.pool_size**module.cfg.depth if module.cfg.padding == "same" else 1
         opts = ort.SessionOptions()
@@ -292,6 +330,22 @@ def _compact(seg: np.ndarray) -> np.ndarray:
 
 def _activate(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def parse_diameter(text: str | float | None) -> float | Literal["auto"] | None:
+    """``--diameter``'s value: ``auto``, ``none`` (None) or a positive number of pixels."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return "auto" if word == "auto" else None
+    try:
+        value = float(word)
+    except ValueError:
+        raise InputError(f"--diameter must be a number of pixels, auto or none; got {text!r}") from None
+    if not value > 0:
+        raise InputError(f"--diameter must be a positive number of pixels, auto or none; got {text!r}")
+    return value
 
 
 def check_device(device: str) -> str:
@@ -339,6 +393,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     shell expanded (``"imgs/*.png"`` quoted, or on Windows) expands to the images it matches."""
     import glob
 
+    from .formats import BIOIO_SUFFIXES, is_big_input, is_zarr, require_bioio
     from .io import IMAGE_SUFFIXES, image_files, list_images
 
     files: list[Path] = []
@@ -346,23 +401,33 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         p = Path(raw)
         if not p.exists() and any(c in str(raw) for c in "*?["):
             matched = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
-            images = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            images = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES or is_big_input(m)]
             if not images:
                 raise InputError(f"{raw}: the pattern matches no image file")
             files.extend(images)
+        elif is_zarr(p):  # an OME-Zarr store is one image, though a folder
+            files.append(p)
         elif p.is_dir():
+            # OME-Zarr stores and CZI/ND2/LIF files in it too
+            big = sorted(m for m in p.iterdir() if not m.name.startswith(".") and is_big_input(m))
             dsb = sorted(p.glob("*/images/*.png"))
             inner = p / "images"  # a training-style folder: my_set/images beside my_set/masks
-            files.extend(dsb or list_images(inner if inner.is_dir() and not image_files(p) else p))
+            where = inner if inner.is_dir() and not image_files(p) else p
+            files.extend(dsb or (image_files(where) if big else list_images(where)))
+            files.extend(big)
         elif p.is_file():
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
+            if p.suffix.lower() not in IMAGE_SUFFIXES + BIOIO_SUFFIXES:
                 unzip = "; unzip it and point at the folder" if p.suffix.lower() == ".zip" else ""
-                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)}){unzip}")
+                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_SUFFIXES + BIOIO_SUFFIXES)}, "
+                                 f"or an OME-Zarr folder){unzip}")
             files.append(p)
         else:
             raise InputError(f"{p}: no such file or folder")
     if not files:
         raise InputError("no input images given")
+    for f in files:  # before any model runs: the install that reading them needs, in one line
+        if f.suffix.lower() in BIOIO_SUFFIXES:
+            require_bioio(f)
     return files
 
 
@@ -430,26 +495,65 @@ def _kind(seg: Segmenter, opts: OutputOptions) -> str:
 
 
 def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
-                 channel: int | None = None) -> list[Path]:
-    """Predict one image or TIFF stack; writes ``<stem>.tif`` (+ overlay); returns written paths.
+                 channel: int | None = None, pick: Any = None, out_format: str = "tif", workers: int = 0) -> list[Path]:
+    """Predict one image, TIFF stack, OME-Zarr store or CZI/ND2/LIF file; writes ``<stem>.tif`` (+ overlay);
+    returns written paths (the result first).
 
-    ``channel`` reads one channel of a multi-channel file (see :func:`biounet.io.read_stack`).
+    ``channel`` reads one channel of a multi-channel file (see :func:`biounet.io.read_stack`); ``pick``
+    (:class:`biounet.formats.PlanePick`) the scene, resolution level, time point and z-plane of a file
+    that has several. Planes larger than ``STREAM_PIXELS`` are streamed (:func:`predict_large`): memory
+    maps, OME-Zarr, and big compressed or tiled TIFFs are read region by region (:mod:`biounet.formats`).
+    ``out_format`` ``ome-zarr`` (or an ``out_dir`` ending in ``.zarr``) writes OME-Zarr instead of a TIFF:
+    the labels of an OME-Zarr input go into its own store as ``labels/<model>`` (:mod:`biounet.ngff`);
+    tables, outlines and overlays still go to ``out_dir`` (the folder of an ``.zarr`` ``out_dir``).
+    ``workers`` > 0 predicts the (one) image block by block, with that many processes
+    (:mod:`biounet.parallel`; 1: in this one), whatever its size.
     """
+    from .big import side_folder, write_zarr, zarr_output
+    from .formats import describe, open_source
     from .io import open_lazy, pick_channel, read_stack, write_image
 
-    out_dir = Path(out_dir)
-    lazy = open_lazy(path)
-    if lazy is not None and lazy.shape[0] * lazy.shape[1] > STREAM_PIXELS:
-        lazy = pick_channel(lazy, channel, str(path))  # a strided view: still read tile by tile
-        return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path))
-    stack = read_stack(path, channel)
-    results = [_result(seg, seg.predict_prepared(seg.view(page, str(path))), opts) for page in stack]
-    written = [write_image(output_path(path, out_dir), np.stack(results) if len(results) > 1 else results[0],
-                           kind=_kind(seg, opts))]
+    to_zarr = out_format == "ome-zarr" or Path(out_dir).suffix.lower() == ".zarr"
+    zarr_dir, out_dir = Path(out_dir), side_folder(Path(out_dir))
+    where = (path, channel, pick)  # how --workers' processes open the image again
+    source = open_source(path, channel, pick, big_pixels=STREAM_PIXELS)  # None: a file read_stack reads
+    if source is not None:
+        log.info("reading %s", describe(source))
+        with source:
+            plane = source.plane
+            if workers or plane.shape[0] * plane.shape[1] > STREAM_PIXELS:  # region by region, where it lives
+                zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts), source) if to_zarr else None
+                return predict_large(seg, plane, output_path(path, out_dir), opts, str(path), zarr_out=zout,
+                                     workers=workers, where=where)
+            stack = np.asarray(plane)[None]  # small enough: in memory, as the same plane from a TIFF would be
+    else:
+        lazy = open_lazy(path)
+        if lazy is not None and (workers or lazy.shape[0] * lazy.shape[1] > STREAM_PIXELS):
+            lazy = pick_channel(lazy, channel, str(path))  # a strided view: still read tile by tile
+            zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts)) if to_zarr else None
+            return predict_large(seg, lazy, output_path(path, out_dir), opts, str(path), zarr_out=zout,
+                                 workers=workers, where=where)
+        stack = read_stack(path, channel)
+        if workers:
+            if len(stack) != 1:
+                raise InputError(f"{path}: --workers segments one 2D image per file; this is a stack of "
+                                 f"{len(stack)} pages")
+            zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts)) if to_zarr else None
+            return predict_large(seg, stack[0], output_path(path, out_dir), opts, str(path), zarr_out=zout,
+                                 workers=workers, where=where)
+    sized = [seg.predict_sized(seg.view(page, str(path))) for page in stack]
+    results = [_result(seg, probs, opts) for probs, _ in sized]
+    result = np.stack(results) if len(results) > 1 else results[0]
+    if to_zarr:
+        zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts), source)
+        written = [write_zarr(zout, result, opts.probabilities, pages=len(results))]
+    else:
+        written = [write_image(output_path(path, out_dir), result, kind=_kind(seg, opts))]
     if opts.measure:
-        from .measure import object_table, write_table
+        from .measure import object_table, with_size, write_table
 
-        tables = [object_table(res, page, opts.pixel_size) for page, res in zip(stack, results)]
+        tables = [with_size(object_table(res, page, opts.pixel_size), size)
+                  for page, res, (_, size) in zip(stack, results, sized)]
         written.append(write_table(out_dir / f"{path.stem}.csv", tables, pages=len(tables) > 1))
     if opts.outlines:
         from .outlines import write_outlines
@@ -464,15 +568,25 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
     return written
 
 
-def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, name: str) -> list[Path]:
+def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, name: str,
+                  zarr_out: Any = None, workers: int = 0, where: tuple | None = None) -> list[Path]:
     """Stream one huge 2D image: tiles -> memory-mapped probabilities -> block-wise mask/labels -> TIFF.
 
     Peak memory is a few tiles plus one block, whatever the image size; the
     intermediate ``.npy`` files live beside ``dest`` and are removed at the end.
     Block and halo of the instance labelling follow the expected object size
     (:func:`biounet.postprocess.blockwise_layout`). An overlay, if asked for, is
-    drawn on a strided view at most ``OVERLAY_MAX_SIDE`` pixels across.
+    drawn on a strided view at most ``OVERLAY_MAX_SIDE`` pixels across. ``raw`` is
+    anything sliced region by region: a memory map, a :class:`biounet.formats.Plane`.
+    ``zarr_out`` (a :class:`biounet.ngff.ZarrOutput`) receives the result instead of the TIFF
+    ``dest``, block by block (probabilities straight from the tiles), and appears under its final
+    name only once complete; ``dest`` still names the table, outlines and overlay beside it. The
+    table of a result or image that is not in memory (or a memory map) is measured block by block.
+    ``workers`` > 0 predicts block by block instead (:mod:`biounet.parallel`: each block's window with
+    its own context; 1: in this process, more: on a local dask.distributed cluster whose workers reopen
+    the image from ``where``, the ``(path, channel, pick)`` it was opened with).
     """
+    import contextlib
     import tempfile
 
     from .io import open_array, write_image
@@ -481,29 +595,55 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
     k = seg.config.model.out_channels
     h, w = raw.shape[:2]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".biounet-") as tmp:
-        probs = open_array((k, h, w), np.float32, Path(tmp) / "probs.npy")
-        seg.predict_prepared(seg.view(raw, name), out=probs)
-        if opts.probabilities:
-            result = probs[0] if k == 1 else probs
-        elif seg.post.mode == "instances":
-            block, halo = blockwise_layout(seg.object_diameter)
-            result = open_array((h, w), np.int32, Path(tmp) / "labels.npy")  # whole slides exceed uint16
-            label_blockwise(probs, seg.segment_probs, block, halo, out=result, progress=seg.options.progress)
-        else:
-            block = blockwise_layout(0)[0]
-            result = open_array((h, w), np.uint8, Path(tmp) / "mask.npy")
-            for y in range(0, h, block):
-                result[y : y + block] = seg.segment_probs(np.asarray(probs[:, y : y + block]))
-        written = [write_image(dest, result, kind=_kind(seg, opts))]
-        if opts.measure:  # regionprops scans the label map once, then reads one object's box at a time
-            from .measure import object_table, write_table
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".biounet-") as tmp, (
+            zarr_out if zarr_out is not None else contextlib.nullcontext()):
+        if workers:
+            from .parallel import make_plan, run_blocks
 
-            written.append(write_table(dest.with_suffix(".csv"), [object_table(result, raw, opts.pixel_size)]))
+            mode = "probabilities" if opts.probabilities else seg.post.mode
+            shape, dtype = ((k, h, w), np.float32) if opts.probabilities else \
+                ((h, w), np.int32 if mode == "instances" else np.uint8)
+            path, channel, pick = where or (name, None, None)
+            plan, size = make_plan(seg, raw, path, channel, pick, mode, name)
+            result = zarr_out.create(shape, dtype, "cyx" if len(shape) == 3 else "") if zarr_out is not None else \
+                open_array(shape, dtype, Path(tmp) / "result.npy")
+            run_blocks(seg, plan, raw, result, workers, progress=seg.options.progress)
+            if opts.probabilities and k == 1 and zarr_out is None:
+                result = result[0]
+        else:
+            if opts.probabilities and zarr_out is not None:
+                probs = zarr_out.create((k, h, w), np.float32, "cyx")  # straight from the tiles into the store
+            else:
+                probs = open_array((k, h, w), np.float32, Path(tmp) / "probs.npy")
+            _, size = seg.predict_sized(seg.view(raw, name), out=probs)
+            if opts.probabilities:
+                result = probs[0] if k == 1 and zarr_out is None else probs
+            elif seg.post.mode == "instances":
+                block, halo = blockwise_layout(size.diameter if size and size.diameter else seg.object_diameter)
+                result = zarr_out.create((h, w), np.int32) if zarr_out is not None else \
+                    open_array((h, w), np.int32, Path(tmp) / "labels.npy")  # whole slides exceed uint16
+                label_blockwise(probs, seg.segment_probs, block, halo, out=result, progress=seg.options.progress)
+            else:
+                block = blockwise_layout(0)[0]
+                result = zarr_out.create((h, w), np.uint8) if zarr_out is not None else \
+                    open_array((h, w), np.uint8, Path(tmp) / "mask.npy")
+                for y in range(0, h, block):
+                    result[y : y + block] = seg.segment_probs(np.asarray(probs[:, y : y + block]))
+        written = [] if zarr_out is not None else [write_image(dest, result, kind=_kind(seg, opts))]
+        if opts.measure:  # regionprops scans the label map once, then reads one object's box at a time
+            from .measure import object_table, with_size, write_table
+
+            if isinstance(result, np.ndarray) and isinstance(raw, np.ndarray):
+                table = object_table(result, raw, opts.pixel_size)
+            else:
+                from .big import measure_blockwise
+
+                table = measure_blockwise(result, raw, opts.pixel_size)
+            written.append(write_table(dest.with_suffix(".csv"), [with_size(table, size)]))
         if opts.outlines:
             from .outlines import write_outlines
 
-            written.append(write_outlines(dest.parent, dest.stem, opts.outlines, [result]))
+            written.append(write_outlines(dest.parent, dest.stem, opts.outlines, [np.asarray(result)]))
         if opts.overlays:
             from .overlay import overlay
 
@@ -513,4 +653,6 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             written.append(write_image(dest.with_name(f"{dest.stem}_overlay.png"),
                                        overlay(np.asarray(raw[::step, ::step]), _overlay_mask(seg, small, opts),
                                                title=f"{seg.name} (1/{step} scale)" if step > 1 else seg.name)))
+        if zarr_out is not None:
+            written.insert(0, zarr_out.commit())
     return written
