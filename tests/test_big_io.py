@@ -365,3 +365,20 @@ def test_two_dask_workers_label_as_one_process_with_no_nucleus_cut_or_doubled_at
     store = write_ome_zarr(tmp_path / "img.ome.zarr", img[None], "cyx")
     P.predict_file(seg, store, tmp_path / "z", P.OutputOptions(), out_format="ome-zarr", workers=1)
     assert same_up_to_renumbering(ngff.read_labels(store), one)
+
+
+def test_blocks_run_on_a_running_cluster_given_its_scheduler_address(seg, tmp_path, monkeypatch):
+    """--scheduler ADDRESS (a SLURM cluster through dask-jobqueue, in use) takes the same block loop: labels
+    equal to one process's; an address nothing listens on is one line."""
+    distributed = pytest.importorskip("distributed")
+    img = touching_across_seams()
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    monkeypatch.setattr("biounet.postprocess.blockwise_layout", lambda diameter: (128, 40))
+    one, = P.predict_file(seg, tmp_path / "img.tif", tmp_path / "one", P.OutputOptions(), workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        far, = P.predict_file(seg, tmp_path / "img.tif", tmp_path / "far", P.OutputOptions(),
+                              workers=cluster.scheduler_address)
+    assert same_up_to_renumbering(tifffile.imread(one), tifffile.imread(far))
+    with pytest.raises(P.InputError, match="--scheduler tcp://127.0.0.1:9: cannot connect"):
+        P.predict_file(seg, tmp_path / "img.tif", tmp_path / "none", P.OutputOptions(), workers="tcp://127.0.0.1:9")

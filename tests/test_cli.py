@@ -576,3 +576,45 @@ def test_every_command_summary_is_one_line():
     for cmd in typer.main.get_command(app).commands.values():
         first = (cmd.help or "").strip().split("\n\n")[0]
         assert first and "\n" not in first, f"biounet {cmd.name}: summary spans lines: {first!r}"
+
+
+def test_every_command_maps_user_errors_to_one_line_and_debug_keeps_the_traceback(tmp_path):
+    """One handler for all commands (#52): registered through biounet.cli.command, which wraps the whole command."""
+    from biounet.io import InputError
+
+    assert all(getattr(c.callback, "__wrapped__", None) for c in app.registered_commands)
+    res = runner.invoke(app, ["check-data", str(tmp_path / "nothing.tif"), "--kind", "stack", "--labels",
+                              str(tmp_path / "nothing-labels.tif")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("error: ")
+    res = runner.invoke(app, ["--debug", "check-data", str(tmp_path / "nothing.tif"), "--kind", "stack", "--labels",
+                              str(tmp_path / "nothing-labels.tif")])
+    assert isinstance(res.exception, InputError)
+
+
+def test_help_names_the_registrys_tasks_and_data_kinds():
+    """--help stays light (no import of the registries), so the lists it prints are checked against them."""
+    from biounet.config import DATA_KINDS
+    from biounet.tasks import TASKS
+
+    train_help = next(c for c in app.registered_commands if c.callback.__name__ == "train").callback
+    import inspect
+
+    params = inspect.signature(train_help).parameters
+    assert f"({', '.join(TASKS)})" in params["task"].default.help
+    check = next(c for c in app.registered_commands if c.name == "check-data").callback
+    assert f"({', '.join(DATA_KINDS)})" in inspect.signature(check).parameters["kind"].default.help
+
+
+def test_train_flags_set_config_values_as_they_are_not_as_parsed_strings(tmp_path, monkeypatch):
+    """--data 123 is a folder named 123, not the number 123 that a "data.images=123" override would parse to."""
+    import biounet.train
+
+    seen = {}
+    monkeypatch.setattr(biounet.train, "train", lambda cfg, out, **kw: seen.setdefault("cfg", cfg) and {})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "123" / "images").mkdir(parents=True)
+    (tmp_path / "123" / "masks").mkdir()
+    res = runner.invoke(app, ["train", "--task", "nuclei", "--data", "123", "--epochs", "3", "--out", "run"])
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert cfg.data.images == "123" and cfg.data.kind == "folders" and cfg.train.epochs == 3

@@ -10,7 +10,7 @@ from biounet.io import InputError
 
 
 def test_split_is_seeded_and_explicit_indices_win():
-    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(10)]
+    items = [Item(str(i), "folders", f"{i}.png", f"{i}.png") for i in range(10)]
     a = split_items(items, DataConfig(val_fraction=0.3), seed=1)
     b = split_items(items, DataConfig(val_fraction=0.3), seed=1)
     assert [i.name for i in a[1]] == [i.name for i in b[1]] and len(a[1]) == 3
@@ -22,7 +22,7 @@ def test_split_is_seeded_and_explicit_indices_win():
 def test_folds_partition_the_images_and_fold_zero_is_the_plain_split(n):
     """k folds: disjoint, together every image once, each the validation set of one run; with k =
     1 / val_fraction, fold 0 is the plain split's draw (so existing runs are fold 0 of a cross-validation)."""
-    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(n)]
+    items = [Item(str(i), "folders", f"{i}.png", f"{i}.png") for i in range(n)]
     vals = [split_items(items, DataConfig(folds=10, fold=k), seed=3) for k in range(10)]
     names = [[i.name for i in val] for _, val in vals]
     assert sorted(sum(names, []), key=int) == [i.name for i in items]
@@ -47,7 +47,7 @@ def test_modality_weights_balance_rare_kinds():
     bright = np.full((4, 4, 3), 200, np.uint8)
     colour = np.stack([np.full((4, 4), 200), np.full((4, 4), 50), np.full((4, 4), 150)], -1).astype(np.uint8)
     assert [modality(x) for x in (dark, bright, colour)] == ["dark", "bright", "colour"]
-    items = [_Fake(str(i), "file", "", extra=dark) for i in range(8)] + [_Fake("c", "file", "", extra=colour)]
+    items = [_Fake(str(i), "folders", "", extra=dark) for i in range(8)] + [_Fake("c", "folders", "", extra=colour)]
     p = modality_weights(items)
     assert p[-1] == pytest.approx(0.5) and p[:-1].sum() == pytest.approx(0.5)
     # power 0.5: the colour image weighs 1, each dark one 1 / sqrt(8), so colour gets 1 / (1 + sqrt(8))
@@ -57,7 +57,7 @@ def test_modality_weights_balance_rare_kinds():
 
 
 def test_items_named_keeps_order_and_names_missing_ones():
-    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(5)]
+    items = [Item(str(i), "folders", f"{i}.png", f"{i}.png") for i in range(5)]
     assert [i.name for i in items_named(items, ["3", "1"])] == ["3", "1"]
     with pytest.raises(InputError, match="1 validation image.*'7'"):
         items_named(items, ["1", "7"])
@@ -81,7 +81,7 @@ def test_training_patch_equals_what_prediction_feeds_the_network(task, mode, cha
                                         "data.patch_size=32", "model.base_features=2", "model.depth=1"]
                           + (["model.out_channels=3", "data.target=contour3", "train.loss=ce_dice",
                               "post.mode=instances"] if task == "nuclei" else []))
-    ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)
+    ds = PatchDataset([_Fake("x", "folders", "", extra=(img, lab))], get_task(cfg), augment=False)
     seg = Segmenter(module=build_model(cfg.model), config=cfg, post=cfg.post)
     fed = seg.prepare(img)  # (C, H, W): what prediction gives the network
     assert fed.shape == (channels, 70, 90)
@@ -101,14 +101,14 @@ def test_patch_targets_come_from_the_task():
     img = (lab * 200).astype(np.uint8)
     for task, expect in (("membrane", lab == 0), ("binary", lab != 0)):
         cfg = apply_overrides(RunConfig(), [f"task={task}", "data.target=" + task, "data.patch_size=40"])
-        t = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["target"]
+        t = PatchDataset([_Fake("x", "folders", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["target"]
         assert t.dtype == torch.float32 and np.array_equal(t.numpy(), expect.astype(np.float32))
 
 
 def test_holdout_is_the_draw_an_equal_validation_fraction_makes_and_leaves_the_rest_disjoint():
     from biounet.data.dataset import split_holdout
 
-    items = [Item(str(i), "file", f"{i}.png", f"{i}.png") for i in range(40)]
+    items = [Item(str(i), "folders", f"{i}.png", f"{i}.png") for i in range(40)]
     old_val = split_items(items, DataConfig(val_fraction=0.1), seed=0)[1]
     rest, held = split_holdout(items, DataConfig(holdout_fraction=0.1), seed=0)
     assert [i.name for i in held] == [i.name for i in old_val] and len(held) == 4
@@ -132,7 +132,7 @@ def test_patch_weight_map_kind_comes_from_the_config():
     assert touch[20, 19] > 5 and touch[20, 20] > 5 and touch[0, 0] == 1.0
     for kind, want in (("touch", touch), ("paper", unet_weight_map(lab, 10, 3))):
         cfg = apply_overrides(RunConfig(), base + [f"data.weight_kind={kind}"])
-        w = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["weight"]
+        w = PatchDataset([_Fake("x", "folders", "", extra=(img, lab))], get_task(cfg), augment=False)[0]["weight"]
         np.testing.assert_allclose(w.numpy(), want)
 
 
@@ -157,7 +157,7 @@ def test_stain_jitter_restains_colour_images_only_and_keeps_labels_aligned():
                                         "data.patch_size=32", "augment.stain=0.2"] + off)
     task = get_task(cfg)
     for img, changed in ((he, True), (fluo, False)):
-        ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], task)
+        ds = PatchDataset([_Fake("x", "folders", "", extra=(img, lab))], task)
         plain = network_input(img, "nuclei", 1)
         for i in range(3):
             _, _, top, left = ds.draw(i)
@@ -301,7 +301,7 @@ def test_context_patches_hold_image_not_its_mirror(context):
     from biounet.data.transforms import context_margin
 
     m = context_margin(48, cfg.augment)
-    ds = PatchDataset([_Fake("x", "file", "", extra=(img, lab))], get_task(cfg))
+    ds = PatchDataset([_Fake("x", "folders", "", extra=(img, lab))], get_task(cfg))
     ds.task = type("Raw", (), {"cfg": cfg, "target": staticmethod(lambda labels: labels.astype(np.int64))})()
     out = np.stack(np.mgrid[0:48, 0:48], -1).reshape(-1, 2)
     design = np.c_[out, np.ones(len(out))]

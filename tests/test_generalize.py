@@ -35,7 +35,6 @@ def test_the_grouping_of_record_covers_the_shared_images_once_in_about_a_dozen_g
 def test_assign_groups_splits_big_keys_by_size_and_pools_small_ones():
     from dsb_groups import MIN_GROUP, assign_groups
 
-    rng = np.random.default_rng(0)
     rows = [{"modality": "dark", "height": 256, "width": 256, "median_diameter": d,
              "mean_intensity": 11.0} for d in [10.0] * 30 + [40.0] * 30 + [20.0] * 20]
     rows += [{"modality": "dark", "height": 100, "width": 90, "median_diameter": 20.0, "mean_intensity": 5.0}] * 3
@@ -202,3 +201,24 @@ def test_robustness_script_scores_every_transform_and_mode(grouped_run, tmp_path
     modes = payload["results"][0]["modes"]
     assert set(modes) == {"auto", "none"} and set(modes["none"]) == {"native", "x2", "gamma2"}
     assert "commit" in payload and "| model (--diameter) | native | x2 | gamma2 |" in res.stdout
+
+
+def test_finetune_benchmark_scores_the_group_before_and_after_with_a_scratch_row(grouped_run, tmp_path):
+    import subprocess
+
+    run, data, mapping = grouped_run
+    out = tmp_path / "f.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/finetune.py"), "--model", str(run), "--data", str(data),
+                          "--groups", "b", "--k", "1,3", "--minutes", "0.05", "--scratch-k", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    (row,) = payload["results"]
+    n_b = sum(g == "b" for g in mapping.values())
+    assert row["group"] == "b" and row["images"] == n_b
+    runs = row["runs"]
+    assert [r["k"] for r in runs] == [1, 3, 1] and runs[-1].get("from_scratch")
+    for r in runs:
+        assert r["scored"] == n_b - r["k"] and all(mapping[name] == "b" for name in r["train"])
+        assert 0.0 <= r["after"]["dsb_score"] <= 1.0
+    assert all("before" in r for r in runs[:2]) and "commit" in payload

@@ -155,3 +155,25 @@ def test_segment_of_a_channel_first_array_names_the_fix(tiny_run):
 
     with pytest.raises(InputError, match=r"looks channel-first .*np\.moveaxis"):
         load_model(tiny_run).segment(np.zeros((2, 40, 40), np.uint8))
+
+
+def test_the_config_allows_exactly_the_modes_normalize_knows():
+    import typing
+
+    from biounet.config import DataConfig
+    from biounet.normalize import MODES
+
+    assert typing.get_args(typing.get_type_hints(DataConfig)["normalize"]) == MODES
+    for mode in MODES:
+        norm_params(np.arange(16, dtype=np.uint8).reshape(4, 4), mode)
+
+
+def test_the_bioimageio_scale_range_shares_the_percentile_window_and_keeps_the_specs_epsilon():
+    from biounet.normalize import SPEC_EPS, percentile_window, scale_range
+
+    x = np.random.default_rng(1).gamma(2.0, 30.0, (2, 1, 24, 32)).astype(np.float32)
+    lo, hi = percentile_window(x, (2, 3))
+    assert lo.shape == hi.shape == (2, 1, 1, 1)
+    assert np.array_equal(scale_range(x), ((x - lo) / (hi - lo + SPEC_EPS)).astype(np.float32))
+    offset, scale = norm_params(x[0, 0], "percentile")
+    assert offset == pytest.approx(lo[0].item()) and scale == pytest.approx(1 / (hi[0] - lo[0]).item())

@@ -169,3 +169,52 @@ def test_tuning_refines_the_grids_best_setting_with_the_objects_the_network_is_u
     best, scores = tune_post(task, preds, task.cfg.post)
     assert best.min_score > 0.7 and scores["dsb"] == 1.0
     assert task.segment(probs, dataclasses.replace(best, min_score=0.0)).max() == 2  # the grid alone keeps it
+
+
+# ---- one place per decision (#52) ----------------------------------------------------------
+def test_the_task_registry_is_the_one_list_of_task_names():
+    """config.py lists no task names: RunConfig.task is any string until the registry checks it."""
+    import typing
+
+    from biounet import config
+
+    assert typing.get_type_hints(RunConfig)["task"] is str and not hasattr(config, "TaskName")
+    assert RunConfig.task in TASKS
+    with pytest.raises(InputError, match=r"allowed: " + ", ".join(TASKS)):
+        build_config({"task": "cells"})
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_what_a_task_exports_and_instances_are_read_from_the_task(name):
+    from biounet import zoo
+    from biounet.config import PostConfig
+
+    cls = TASKS[name]
+    cfg = build_config({"task": name})
+    assert len(cls.channels) == cfg.model.out_channels  # an export names each channel of the default head
+    assert (zoo.SAMPLES / cls.sample[0]).is_file()
+    assert cfg.data.target == cls.targets[0]  # the first target is the task's default
+    assert cls.instances == cfg.post.instances == PostConfig(**cls.defaults.get("post", {})).instances
+    assert get_task(cfg).instances == (name == "nuclei")
+
+
+def test_a_format_1_config_gets_its_task_from_the_tasks_metrics_and_targets():
+    from biounet.tasks import legacy_task
+
+    for name, cls in TASKS.items():
+        assert legacy_task("binary", cls.metric) == name  # an explicit val_metric names the task
+        assert all(legacy_task(t) == name for t in cls.targets)
+    assert legacy_task("binary", "auto") == "binary"
+    migrated = checkpoint.migrate({"data": {"target": "binary"}, "train": {"val_metric": "v_rand"}})
+    assert migrated["task"] == "membrane" and "val_metric" not in migrated["train"]
+
+
+def test_output_instances_is_one_property_of_the_post_processing():
+    from biounet.config import PostConfig
+
+    assert PostConfig(mode="instances").instances and not PostConfig(mode="mask").instances
+    # membrane: a mask by default, cell labels when the post-processing asks for instances
+    task = get_task(build_config({"task": "membrane"}))
+    probs = np.random.default_rng(0).random((1, 32, 32), dtype=np.float32)
+    assert task.segment(probs, PostConfig(mode="mask")).dtype == np.uint8
+    assert task.segment(probs, PostConfig(mode="instances")).dtype != np.uint8

@@ -334,7 +334,7 @@ def test_split_seed_keeps_the_split_while_train_seed_changes():
     from biounet.data.dataset import Item
     from biounet.data.dataset import split_run
 
-    items = [Item(name=f"im{i}", kind="file", image=f"im{i}.tif") for i in range(40)]
+    items = [Item(name=f"im{i}", kind="folders", image=f"im{i}.tif") for i in range(40)]
     base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
 
     def names(cfg):
@@ -370,7 +370,7 @@ def test_modality_filter_keeps_each_part_of_the_unfiltered_split(tmp_path):
         path, labels = tmp_path / f"im{i}.tif", tmp_path / f"lab{i}.tif"
         tifffile.imwrite(path, img)
         tifffile.imwrite(labels, np.zeros((16, 16), np.uint8))
-        items.append(Item(name=f"im{i}", kind="file", image=str(path), labels=str(labels)))
+        items.append(Item(name=f"im{i}", kind="folders", image=str(path), labels=str(labels)))
     base = RunConfig(data=DataConfig(val_fraction=0.2, holdout_fraction=0.2))
 
     def parts(cfg):

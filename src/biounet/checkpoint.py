@@ -110,8 +110,7 @@ def migrate(data: dict) -> dict:
         metric = train.pop("val_metric", "auto")
         train.setdefault("channels_last", False)  # what those runs trained with
         target = data.get("data", {}).get("target", "binary")
-        by_metric = {"v_rand": "membrane", "dsb": "nuclei", "dice": "binary"}
-        data = {**data, "task": by_metric.get(metric, legacy_task(target)), "train": train}
+        data = {**data, "task": legacy_task(target, metric), "train": train}
     return data
 
 

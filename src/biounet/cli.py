@@ -1,11 +1,14 @@
 """Command line: parse, build a config, call one library function.
 
 Heavy imports (torch, scikit-image) happen inside the commands so that
-``biounet --help`` starts fast. User-input problems (:class:`InputError`) are
-printed as one line and exit with status 2.
+``biounet --help`` starts fast. User-input problems (:class:`InputError`, or an
+``OSError`` naming a file) are printed as one line and exit with status 2: every
+command is registered through :func:`command`, which does that for the whole
+command, so commands call the library directly.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -51,23 +54,38 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _run(fn, *args, **kwargs):
-    """Call ``fn``, turning user-input errors into one clean line and exit code 2."""
+def _user_error(exc: BaseException) -> Optional[str]:
+    """The one line a user-input error prints, or None for anything else (a bug keeps its traceback)."""
     from .io import InputError
 
-    try:
-        return fn(*args, **kwargs)
-    except InputError as exc:
-        if _DEBUG["on"]:
-            raise
-        _fail(str(exc))
-    except OSError as exc:  # a named file: missing, a folder, unwritable, read-only file system, disk full
-        if _DEBUG["on"] or exc.filename is None:
-            raise
-        _fail(f"{exc.filename}: {exc.strerror}")
+    if isinstance(exc, InputError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:  # missing, a folder, unwritable, disk full
+        return f"{exc.filename}: {exc.strerror}"
+    return None
 
 
-@app.command()
+def command(name: Optional[str] = None):
+    """``@app.command()`` whose user-input errors, wherever in the command they arise, end it with one
+    line and exit status 2 (``--debug``: the traceback instead)."""
+
+    def register(fn):
+        @functools.wraps(fn)  # typer reads the options from the wrapped function's signature
+        def handled(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (re-raised unless it is a user-input error)
+                message = _user_error(exc)
+                if message is None or _DEBUG["on"]:
+                    raise
+                _fail(message)
+
+        return app.command(name)(handled)
+
+    return register
+
+
+@command()
 def models() -> None:
     """List the models shipped with biounet, with their validation scores."""
     from .checkpoint import load_config, read_metrics, shipped_models
@@ -77,7 +95,7 @@ def models() -> None:
     if not found:
         typer.echo("no shipped models")
     for name, folder in found.items():
-        task = get_task(_run(load_config, folder))
+        task = get_task(load_config(folder))
         m = read_metrics(folder)
         tuned = "tuned_" if any(f"tuned_{k}" in m for k in task.headline) else ""  # older runs: plain scores
         parts = _score_parts(m, task, [(tuned, "validation, tuned thresholds" if tuned else "validation"),
@@ -123,7 +141,7 @@ def _nothing_found(metrics: dict, task) -> Optional[str]:
     return None
 
 
-@app.command()
+@command()
 def predict(
     inputs: List[Path] = typer.Argument(..., help="Images, TIFF stacks, OME-Zarr stores (x.ome.zarr), CZI/ND2/LIF files "
                                                   "(pip install 'biounet\\[formats]'), or folders of them / DSB image folders."),
@@ -143,6 +161,9 @@ def predict(
     workers: int = typer.Option(0, "--workers", min=0, help="Predict each image block by block in this many processes "
                                                             "(a local dask.distributed cluster; 1 = block by block here; "
                                                             "0 = as usual)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the blocks on a running dask.distributed "
+                                            "cluster instead (its scheduler address, e.g. tcp://host:8786; a SLURM "
+                                            "cluster through dask-jobqueue); its workers must reach the input files."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
     overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
     measure: bool = typer.Option(
@@ -187,37 +208,41 @@ def predict(
 
     if outlines is not None and outlines not in ("imagej", "geojson"):
         _fail(f"--outlines must be imagej or geojson, got {outlines!r}")
-    rank, world, local_world = _distributed()
+    from . import ddp
+
+    # under torchrun each rank predicts every world-th file and writes its own outputs atomically; gloo (CPU)
+    # or NCCL (GPU) carries only the final counts
+    rank, world, local_world = ddp.join()
     _set_threads(threads, share=local_world)
-    files = _run(expand_inputs, [str(p) for p in inputs])
+    files = expand_inputs([str(p) for p in inputs])
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and world > 1 and ":" not in device:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    device = _run(check_device, device)
-    options = _run(PredictOptions, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
-                   diameter=_run(parse_diameter, diameter), progress=verbose or len(files) == 1, fast=fast, backend=backend,
-                   compile=compile_)
-    seg = _run(load_model, model, device=device, options=options)
+        device = f"cuda:{ddp.local_rank(rank)}"
+    device = check_device(device)
+    options = PredictOptions(tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
+                             diameter=parse_diameter(diameter), progress=verbose or len(files) == 1, fast=fast,
+                             backend=backend, compile=compile_)
+    seg = load_model(model, device=device, options=options)
     if instances:
         seg = seg.with_post(mode="instances")
     if channel is None and seg.config.data.channel >= 0:  # the channel the model was trained on
         channel = seg.config.data.channel
     for flag, asked in (("--measure", measure), ("--outlines", outlines)):
-        if asked and (probabilities or seg.post.mode != "instances"):
+        if asked and (probabilities or not seg.post.instances):
             _fail(f"{flag} needs instance labels: use a nuclei model or --instances, without --probabilities")
     if pixel_size is not None and not measure:
         _fail("--pixel-size calibrates --measure's table; add --measure")
     if pixel_size is not None and not pixel_size > 0:
         _fail(f"--pixel-size must be > 0 micrometres per pixel, got {pixel_size}")
-    out_format = _run(check_out_format, out_format, out)
-    pick = _run(PlanePick, scene=scene, time=time_point, z=z, level=level)
+    out_format = check_out_format(out_format, out)
+    pick = PlanePick(scene=scene, time=time_point, z=z, level=level)
     if out_format == "ome-zarr":  # stores and labels groups, checked as check_outputs checks files
-        todo = _run(check_zarr_outputs, files, out, seg.name, probabilities, pick, overwrite, skip_existing)
+        todo = check_zarr_outputs(files, out, seg.name, probabilities, pick, overwrite, skip_existing)
     else:
-        todo = _run(check_outputs, files, out, overwrite, skip_existing)  # before any model runs
+        todo = check_outputs(files, out, overwrite, skip_existing)  # before any model runs
     if len(todo) < len(files):
         typer.echo(f"skipping {len(files) - len(todo)} image(s) whose output exists (--skip-existing)")
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
@@ -230,7 +255,8 @@ def predict(
     # a bar on a terminal only (disable=None): redirected to a log, it would fill it
     for path in tqdm(mine, desc="images", disable=True if len(mine) < 2 or rank > 0 else None):
         try:
-            written = predict_file(seg, path, out, opts, channel, pick=pick, out_format=out_format, workers=workers)
+            written = predict_file(seg, path, out, opts, channel, pick=pick, out_format=out_format,
+                                   workers=scheduler or workers)
         except InputError as exc:  # one bad file does not stop the batch
             failed.append(str(exc))
             continue
@@ -300,25 +326,7 @@ def _set_threads(threads: int, share: int = 1) -> None:
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // share))
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, processes on this machine) under torchrun; (0, 1, 1) otherwise.
-
-    Prediction needs no gradients to share, only the files: each rank predicts
-    its share and writes its own outputs atomically; gloo (CPU) or NCCL (GPU)
-    carries the final counts.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
-
-
-@app.command()
+@command()
 def export(
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name or a model/run folder."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript or bioimageio."),
@@ -331,11 +339,11 @@ def export(
     _setup_logging(False)
     from .export import export_model
 
-    path = _run(export_model, model, fmt, out, overwrite)
+    path = export_model(model, fmt, out, overwrite)
     typer.echo(f"{model} -> {path}")
 
 
-@app.command()
+@command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config (see configs/); not needed with --resume."),
     task: Optional[str] = typer.Option(None, help="Without --config: start from this task's defaults (binary, membrane, nuclei)."),
@@ -354,45 +362,45 @@ def train(
     from . import checkpoint
     from .tasks import apply_overrides, build_config, load_config
 
-    if resume and not (out / "config.json").exists():
+    if resume and not (out / checkpoint.CONFIG).exists():
         _fail(f"{out}: no run to resume here (no config.json); drop --resume to start one")
     if resume and not (out / checkpoint.STATE).is_file():
         _fail(f"{out}: no epoch of this run was saved, so there is nothing to resume; start it again without --resume")
     if resume:
-        cfg = _run(checkpoint.load_config, out)
+        cfg = checkpoint.load_config(out)
     elif config is not None:
-        cfg = _run(load_config, config)
+        cfg = load_config(config)
     elif task is not None:
-        cfg = _run(build_config, {"task": task})
+        cfg = build_config({"task": task})
     else:
         _fail("give --config or --task (or --resume to continue the run in --out)")
     # a run stopped before its first epoch ended saved nothing (config.json alone): starting again is free
     saved = any((out / f).exists() for f in (checkpoint.STATE, checkpoint.WEIGHTS))
-    if not resume and not overwrite and (out / "config.json").exists() and saved:
+    if not resume and not overwrite and (out / checkpoint.CONFIG).exists() and saved:
         _fail(f"{out}: already holds a run; --resume continues it, --overwrite starts again")
     from .io import check_writable
 
-    _run(check_writable, out, folder=True)  # a read-only --out fails now, not after the data is read
-    overrides = list(set_)
-    if data is not None and not any(o.startswith("data.kind=") for o in overrides):
-        from .data.dataset import guess_kind
-
-        kind = guess_kind(data, labels)
-        if kind:
-            overrides.append(f"data.kind={kind}")
+    check_writable(out, folder=True)  # a read-only --out fails now, not after the data is read
+    values: dict = {}  # what the flags set, typed as they are (a path "1e3" stays a path), applied after --set
     if data is not None:
-        overrides.append(f"data.images={data}")
+        if not any(o.split("=", 1)[0].strip() == "data.kind" for o in set_):
+            from .data.dataset import guess_kind
+
+            kind = guess_kind(data, labels)
+            if kind:
+                values["data.kind"] = kind
+        values["data.images"] = data
     if labels is not None:
-        overrides.append(f"data.labels={labels}")
+        values["data.labels"] = labels
     if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
+        values["train.epochs"] = epochs
     if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    cfg = _run(apply_overrides, cfg, overrides)
+        values["train.seed"] = seed
+    cfg = apply_overrides(cfg, list(set_), values)
     from .train import train as run_training
 
     try:
-        result = _run(run_training, cfg, out, resume=resume, progress=not quiet)
+        result = run_training(cfg, out, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
         # last.pt is written atomically after every epoch, so the run resumes from the last whole one
         from .checkpoint import STATE, load_state
@@ -410,13 +418,13 @@ def train(
 
     task = get_task(cfg)
     scores = "; ".join(_run_scores(result or {}, task))
-    typer.echo(f"done: {out}/" + (f"  {scores} (all scores: {out}/metrics.json)" if scores else ""))
+    typer.echo(f"done: {out}/" + (f"  {scores} (all scores: {out}/{checkpoint.METRICS})" if scores else ""))
     warning = _nothing_found(result or {}, task)
     if warning:
         typer.echo(warning, err=True)
 
 
-@app.command()
+@command()
 def ensemble(
     runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of one task, model shape and split, "
                                       "or of the folds of one cross-validation (data.folds; tuned out-of-fold); "
@@ -431,15 +439,17 @@ def ensemble(
     _setup_logging(True)
     if any(Path(r).resolve() == out.resolve() for r in runs):  # --overwrite must not destroy a member
         _fail(f"{out}: is one of the runs being averaged; write the ensemble to another --out")
-    if not overwrite and (out / "config.json").exists():
+    from . import checkpoint
+
+    if not overwrite and (out / checkpoint.CONFIG).exists():
         _fail(f"{out}: already holds a model; --overwrite replaces it")
     from .tune import ensemble as make_ensemble
 
-    result = _run(make_ensemble, runs, out, data)
+    result = make_ensemble(runs, out, data)
     typer.echo(f"done: {out}/  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
 
 
-@app.command()
+@command()
 def retune(
     model: str = typer.Argument(..., help="A finished run or model folder (or a shipped model's name)."),
     data: Optional[str] = typer.Option(None, help="Override data.images if the training data has moved."),
@@ -450,11 +460,11 @@ def retune(
     _setup_logging(True)
     from .tune import retune as run_retune
 
-    result = _run(run_retune, model, data)
+    result = run_retune(model, data)
     typer.echo(f"done: {model}  " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
 
 
-@app.command()
+@command()
 def finetune(
     model: str = typer.Option("dsb2018-nuclei", "--model", "-m", help="Nuclei model to start from: a shipped "
                               "model's name or a model/run folder."),
@@ -480,9 +490,9 @@ def finetune(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = _run(check_device, device)
-    result = _run(run_finetune, model, data, out, labels=labels, minutes=minutes, overwrite=overwrite, seed=seed,
-                  device=device)
+    device = check_device(device)
+    result = run_finetune(model, data, out, labels=labels, minutes=minutes, overwrite=overwrite, seed=seed,
+                          device=device)
     for line in result.lines():
         typer.echo(line)
     typer.echo(f"done: {out}/  (biounet predict --model {out} ...)")
@@ -494,7 +504,7 @@ def _check_suffix(path: Optional[Path], suffix: str, option: str) -> None:
         _fail(f"{path}: {option} writes a {suffix[1:].upper()} file; give a path ending in {suffix}")
 
 
-@app.command()
+@command()
 def evaluate(
     truth: Path = typer.Option(..., help="Truth: label TIFF stack (ISBI), DSB folder/zip, folder of label "
                                "images, or one holding images/ + masks/."),
@@ -516,17 +526,17 @@ def evaluate(
 
     for path in (json_out, per_image, report):  # before scoring: a read-only folder is one line, not a traceback
         if path is not None:
-            _run(check_writable, path)
+            check_writable(path)
     group_of = None
     if groups is not None:  # before scoring too: a mistyped groups file is one line
         from .data.dataset import read_groups
 
-        group_of = _run(read_groups, groups)
+        group_of = read_groups(groups)
         if not report:
             typer.echo("warning: --groups only adds a table to the --report page; no --report given", err=True)
     from .evaluate import evaluate_paths, format_table
 
-    summary, rows = _run(evaluate_paths, truth, pred, skip_missing)
+    summary, rows = evaluate_paths(truth, pred, skip_missing)
     typer.echo(format_table(summary))
     if summary.get("skipped_missing"):
         typer.echo(f"warning: {summary['skipped_missing']} truth image(s) had no prediction and were skipped",
@@ -534,34 +544,30 @@ def evaluate(
     if summary.get("unmatched_predictions"):
         typer.echo(f"warning: {summary['unmatched_predictions']} prediction(s) in {pred} have no truth image "
                    "and were not scored", err=True)
-    from .checkpoint import write_json
+    from .checkpoint import CURVE, write_json
 
     if json_out:
-        _run(write_json, json_out, summary)
+        write_json(json_out, summary)
     if per_image and rows:
         from .evaluate import write_rows_csv
 
-        _run(write_rows_csv, per_image, rows)
+        write_rows_csv(per_image, rows)
     if report:
         from .evaluate import report_breakdowns, worst_pictures
         from .io import atomic_path
         from .report import render_report
 
-        curve = run / "curve.png" if run else None
-        shown, breakdowns = _run(report_breakdowns, truth, rows, group_of) if rows else (rows, [])
+        curve = run / CURVE if run else None
+        shown, breakdowns = report_breakdowns(truth, rows, group_of) if rows else (rows, [])
         page = render_report(f"biounet evaluate: {pred} against {truth}", summary, shown,
-                             _run(worst_pictures, truth, pred, rows) if rows else [],
+                             worst_pictures(truth, pred, rows) if rows else [],
                              curve.read_bytes() if curve and curve.is_file() else None, breakdowns)
-
-        def write_page() -> None:
-            with atomic_path(report) as tmp:
-                tmp.write_text(page)
-
-        _run(write_page)
+        with atomic_path(report) as tmp:
+            tmp.write_text(page)
         typer.echo(f"report -> {report}")
 
 
-@app.command("check-data")
+@command("check-data")
 def check_data(
     data: str = typer.Argument(..., help="Training data: DSB zip/folder, image folder, TIFF stack, COCO JSON."),
     labels: Optional[str] = typer.Option(None, help="Mask folder or label stack (for folders and stacks)."),
@@ -578,14 +584,14 @@ def check_data(
     if kind is None:
         _fail(f"{data}: cannot tell what kind of data this is (a DSB zip or folder, a folder holding images/ and "
               "masks/, a COCO .json, or a TIFF stack with --labels); give --kind (and --labels)")
-    cfg = _run(from_dict, DataConfig, {"kind": kind, "images": data, "labels": labels or "", "channel": channel}, "data.")
-    report = _run(check_all, cfg)  # every problem listed, then a non-zero exit
+    cfg = from_dict(DataConfig, {"kind": kind, "images": data, "labels": labels or "", "channel": channel}, "data.")
+    report = check_all(cfg)  # every problem listed, then a non-zero exit
     typer.echo(format_report(report))
     if not report.ok:
         raise typer.Exit(2)
 
 
-@app.command()
+@command()
 def submit(
     labels: Path = typer.Argument(..., help="Folder of instance label images (<ImageId>.tif)."),
     out: Path = typer.Option(..., "--out", "-o", help="Submission CSV (ImageId,EncodedPixels)."),
@@ -595,15 +601,15 @@ def submit(
     from .io import list_images, read_image
 
     _check_suffix(out, ".csv", "--out")
-    files = [p for p in _run(list_images, labels) if not p.stem.endswith("_overlay")]  # predict --overlays pictures
+    files = [p for p in list_images(labels) if not p.stem.endswith("_overlay")]  # predict --overlays pictures
     if not files:
         _fail(f"{labels}: no label images (only *_overlay pictures)")
-    rows = ((p.stem, _run(read_image, p)) for p in files)
-    _run(write_submission, out, rows)
+    rows = ((p.stem, read_image(p)) for p in files)
+    write_submission(out, rows)
     typer.echo(f"{len(files)} images -> {out}")
 
 
-@app.command()
+@command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
 ) -> None:
@@ -617,7 +623,7 @@ def demo(
     shipped = shipped_models()
     from .io import check_writable
 
-    _run(check_writable, out, folder=True)
+    check_writable(out, folder=True)
     pictures: list[Path] = []
     for name, folder in jobs.items():
         if name not in shipped or not folder.is_dir():
@@ -625,8 +631,8 @@ def demo(
             continue
         seg = load_model(name)
         for path in sorted(folder.iterdir()):
-            opts = OutputOptions(overlays=True, measure=seg.post.mode == "instances")  # nuclei: + a table
-            written = _run(predict_file, seg, path, out / name, opts)
+            opts = OutputOptions(overlays=True, measure=seg.post.instances)  # nuclei: + a table
+            written = predict_file(seg, path, out / name, opts)
             n = _object_count(written[0])
             found = f" ({n} object(s))" if n is not None else ""
             typer.echo(f"{name}: {path.name}{found} -> " + ", ".join(str(w) for w in written))

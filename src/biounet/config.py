@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .io import InputError
+from .normalize import Mode as NormalizeMode
 
-TaskName = Literal["binary", "membrane", "nuclei"]
+# data.kind: where the training images come from; each biounet.data.dataset.Item keeps its source's kind
+# and is read by it (a "folders" item: one image file and its mask file; a "stack" item: one page of each)
+DataKind = Literal["stack", "folders", "dsb", "coco"]
+DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ModelConfig:
 class DataConfig:
     """Where the training data is and how patches are drawn from it."""
 
-    kind: Literal["stack", "folders", "dsb", "coco"] = "stack"  # stack = image + label TIFF stacks; dsb = folder or zip
+    kind: DataKind = "stack"  # stack = image + label TIFF stacks; folders = image + mask files; dsb = folder or zip
     images: str = ""
     labels: str = ""  # label stack or mask folder; unused for dsb
     # binary | membrane | border3 (bg / nucleus / touching border) | contour3 (bg / nucleus / every outline)
@@ -73,7 +77,7 @@ class DataConfig:
     patch_size: int = 256
     patches_per_epoch: int = 200
     # see biounet.normalize: per-image percentiles, optionally as one "objects are bright" channel
-    normalize: Literal["percentile", "percentile_invert", "nuclei", "minmax", "range", "none"] = "percentile"
+    normalize: NormalizeMode = "percentile"
     # -1: images as they are; k >= 0: channel k of multi-channel images (a TIFF's C axis, e.g. DAPI of
     # DAPI + GFP, or plane k of RGB), in training and, by default, when the model predicts
     channel: int = -1
@@ -188,11 +192,19 @@ class PostConfig:
     min_size: int = 10
     fill_holes: bool = True
 
+    @property
+    def instances(self) -> bool:
+        """Whether this post-processing outputs instance labels (int32, one id per object) rather than a
+        mask (uint8, 255): the one place that question is answered."""
+        return self.mode == "instances"
+
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
-    task: TaskName = "binary"  # see biounet.tasks: what the run predicts and how it is scored
+    # what the run predicts and how it is scored: a name in biounet.tasks.TASKS, the one list of tasks
+    # (checked there, by build_config, before this dataclass is built)
+    task: str = "binary"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

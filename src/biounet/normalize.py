@@ -10,7 +10,8 @@ always sees its inputs as it saw them in training.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,8 +19,29 @@ from .io import InputError, check_finite, check_pixel_type, strip_alpha
 
 log = logging.getLogger("biounet")
 
-MODES = ("percentile", "percentile_invert", "nuclei", "minmax", "range", "none")
+# data.normalize: the one list of modes (the config's allowed values are this Literal)
+Mode = Literal["percentile", "percentile_invert", "nuclei", "minmax", "range", "none"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 PERCENTILES = (1.0, 99.8)  # the intensity window of the percentile modes (also what a bioimage.io export says)
+# bioimage.io's scale_range divides by (hi - lo + eps), eps 1e-6 by default; biounet's own modes divide by
+# max(hi - lo, 1e-6). The two differ only in the last digits of an image with a wide window, and an exported
+# package must reproduce its test output as consumers compute it, so :func:`scale_range` keeps the spec's form.
+SPEC_EPS = 1e-6
+
+
+def percentile_window(image: np.ndarray, axis: Any = None) -> tuple[Any, Any]:
+    """(lo, hi): the :data:`PERCENTILES` of ``image`` (over ``axis``, kept as size-1 axes), the window that the
+    percentile modes map to 0..1 and that a bioimage.io export's ``scale_range`` pre-processing names."""
+    lo, hi = np.percentile(image, PERCENTILES, axis=axis, keepdims=axis is not None)
+    return lo, hi
+
+
+def scale_range(x: np.ndarray, axis: Any = (2, 3), eps: float = SPEC_EPS) -> np.ndarray:
+    """bioimage.io's ``scale_range`` as consumers of an exported package apply it: ``(x - lo) / (hi - lo + eps)``
+    per image over ``axis`` (y and x of (batch, channel, y, x)); biounet's ``percentile`` mode on a gray image,
+    up to ``eps`` (see :data:`SPEC_EPS`)."""
+    lo, hi = percentile_window(x, axis)
+    return ((x - lo) / (hi - lo + eps)).astype(np.float32)
 
 
 def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray]:
@@ -38,7 +60,7 @@ def norm_params(image: np.ndarray, mode: str) -> tuple[float, float | np.ndarray
     step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 4_000_000)))
     sample = np.asarray(image[::step, ::step], dtype=np.float32)
     if mode == "percentile":
-        lo, hi = np.percentile(sample, PERCENTILES)
+        lo, hi = percentile_window(sample)
     elif mode == "minmax":
         lo, hi = float(sample.min()), float(sample.max())
     elif mode in ("percentile_invert", "nuclei"):

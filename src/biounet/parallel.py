@@ -143,9 +143,14 @@ def make_plan(seg: Any, raw: Any, path: str | Path, channel: int | None, pick: A
     return plan, size
 
 
-def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-    """Every block's result, in raster order: computed here (``workers`` <= 1) or on a local cluster."""
+def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int | str) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """Every block's result, in raster order: computed here (``workers`` <= 1), on a local cluster of
+    ``workers`` processes, or on the running cluster whose scheduler address ``workers`` is (a string,
+    ``predict --scheduler tcp://host:8786``: e.g. a SLURM cluster started with dask-jobqueue)."""
     corners = plan.corners()
+    if isinstance(workers, str):
+        yield from _on_scheduler(seg, plan, corners, workers)
+        return
     if workers <= 1:
         for y, x in corners:
             yield block_result(seg, plan, y, x, raw)
@@ -174,7 +179,28 @@ def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int) -> Iterator[tupl
         quiet.setLevel(level)
 
 
-def run_blocks(seg: Any, plan: BlockPlan, raw: Any, out: Any, workers: int = 1, progress: bool = False) -> Any:
+def _on_scheduler(seg: Any, plan: BlockPlan, corners: list, address: str) -> Iterator:
+    """Blocks on an existing dask.distributed cluster: its workers must reach the image's path."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise InputError("--scheduler needs dask.distributed: pip install 'biounet[dask]'") from None
+    try:
+        client = Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--scheduler {address}: cannot connect ({exc})") from None
+    with client:
+        n = max(1, len(client.scheduler_info().get("workers", {})))
+        seg_future = client.scatter(dataclasses.replace(seg), broadcast=True)
+        todo, running = deque(corners), deque()
+        while todo or running:
+            while todo and len(running) < IN_FLIGHT * n:
+                y, x = todo.popleft()
+                running.append(client.submit(block_result, seg_future, plan, y, x, pure=False))
+            yield running.popleft().result()
+
+
+def run_blocks(seg: Any, plan: BlockPlan, raw: Any, out: Any, workers: int | str = 1, progress: bool = False) -> Any:
     """Fill ``out`` ((H, W) labels or mask, (K, H, W) probabilities; zero-filled) block by block; returns it."""
     from tqdm.auto import tqdm
 

@@ -263,7 +263,7 @@ def segment(probs: NDArray, cfg: PostConfig) -> NDArray:
     probs = np.asarray(probs)
     if cfg.mode == "mask":
         return threshold_mask(foreground_prob(probs), cfg.threshold).astype(np.uint8) * np.uint8(255)
-    if cfg.mode == "instances":
+    if cfg.instances:
         if probs.ndim == 3 and probs.shape[0] in (3, 4):
             return instances_from_border_probs(probs, cfg)
         return instances_from_prob(foreground_prob(probs), cfg)

@@ -124,7 +124,7 @@ class Segmenter:
     def auto_size(self) -> bool:
         """Whether each image's object size is estimated (``diameter="auto"`` on an instance model that
         records its training object size)."""
-        return self.options.diameter == "auto" and self.train_diameter > 0 and self.post.mode == "instances"
+        return self.options.diameter == "auto" and self.train_diameter > 0 and self.post.instances
 
     @property
     def scale(self) -> float:
@@ -491,11 +491,11 @@ def _overlay_mask(seg: Segmenter, result: np.ndarray, opts: OutputOptions) -> np
 
 def _kind(seg: Segmenter, opts: OutputOptions) -> str:
     """What an output file holds, recorded in its metadata (see :func:`biounet.io.output_kind`)."""
-    return "probabilities" if opts.probabilities else "labels" if seg.post.mode == "instances" else "mask"
+    return "probabilities" if opts.probabilities else "labels" if seg.post.instances else "mask"
 
 
 def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
-                 channel: int | None = None, pick: Any = None, out_format: str = "tif", workers: int = 0) -> list[Path]:
+                 channel: int | None = None, pick: Any = None, out_format: str = "tif", workers: int | str = 0) -> list[Path]:
     """Predict one image, TIFF stack, OME-Zarr store or CZI/ND2/LIF file; writes ``<stem>.tif`` (+ overlay);
     returns written paths (the result first).
 
@@ -569,7 +569,7 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
 
 
 def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, name: str,
-                  zarr_out: Any = None, workers: int = 0, where: tuple | None = None) -> list[Path]:
+                  zarr_out: Any = None, workers: int | str = 0, where: tuple | None = None) -> list[Path]:
     """Stream one huge 2D image: tiles -> memory-mapped probabilities -> block-wise mask/labels -> TIFF.
 
     Peak memory is a few tiles plus one block, whatever the image size; the
@@ -602,7 +602,7 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
 
             mode = "probabilities" if opts.probabilities else seg.post.mode
             shape, dtype = ((k, h, w), np.float32) if opts.probabilities else \
-                ((h, w), np.int32 if mode == "instances" else np.uint8)
+                ((h, w), np.int32 if seg.post.instances else np.uint8)
             path, channel, pick = where or (name, None, None)
             plan, size = make_plan(seg, raw, path, channel, pick, mode, name)
             result = zarr_out.create(shape, dtype, "cyx" if len(shape) == 3 else "") if zarr_out is not None else \
@@ -618,7 +618,7 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
             _, size = seg.predict_sized(seg.view(raw, name), out=probs)
             if opts.probabilities:
                 result = probs[0] if k == 1 and zarr_out is None else probs
-            elif seg.post.mode == "instances":
+            elif seg.post.instances:
                 block, halo = blockwise_layout(size.diameter if size and size.diameter else seg.object_diameter)
                 result = zarr_out.create((h, w), np.int32) if zarr_out is not None else \
                     open_array((h, w), np.int32, Path(tmp) / "labels.npy")  # whole slides exceed uint16

@@ -27,7 +27,7 @@ import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -53,7 +53,17 @@ class Task:
     # then tried around the grid's best setting: filters that add little to the grid's cost this way
     refine: ClassVar[dict[str, list]] = {}
     tune_each_validation: ClassVar[bool] = True  # score epochs at their best threshold (cheap tasks only)
-    instances: ClassVar[bool] = False  # labels are object instances (their median size is recorded)
+    # labels are object instances (their median size is recorded): the task's own output, its default
+    # post-processing, is instance labels (PostConfig.instances; set for each subclass from ``defaults``)
+    instances: ClassVar[bool] = False
+    targets: ClassVar[tuple[str, ...]]  # the data.target values the task trains on (the first: its default)
+    channels: ClassVar[tuple[str, ...]]  # the head's classes, as an exported model names its output channels
+    # a shipped sample (under biounet/samples) and the side of its centre crop: an export's test input
+    sample: ClassVar[tuple[str, int]] = ("isbi2012/test-volume-15.tif", 256)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.instances = PostConfig(**cls.defaults.get("post", {})).instances
 
     # ---- configuration -------------------------------------------------------
     def check(self) -> None:
@@ -110,12 +120,14 @@ class BinaryTask(Task):
     metric = "dice"
     headline = ("dice", "iou")
     found = "dice"
+    targets = ("binary",)
+    channels = ("foreground",)
     defaults: ClassVar[dict] = {"model": {"out_channels": 1}, "data": {"target": "binary"},
                                 "train": {"loss": "bce_dice"}, "post": {"mode": "mask"}}
     grid: ClassVar[dict[str, list]] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
 
     def check(self) -> None:
-        self._require("data.target", self.cfg.data.target, ("binary",))
+        self._require("data.target", self.cfg.data.target, self.targets)
         super().check()
 
     def _truth(self, labels: np.ndarray) -> np.ndarray:
@@ -144,12 +156,14 @@ class MembraneTask(Task):
     metric = "v_rand"
     headline = ("v_rand", "v_info", "pixel_error")
     found = "membrane_dice"  # V-Rand is no floor: a slice with no membrane found can score 1
+    targets = ("membrane",)
+    channels = ("membrane",)
     defaults: ClassVar[dict] = {"model": {"out_channels": 1}, "data": {"target": "membrane"},
                                 "train": {"loss": "bce_dice"}, "post": {"mode": "mask"}}
     grid: ClassVar[dict[str, list]] = {"threshold": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
 
     def check(self) -> None:
-        self._require("data.target", self.cfg.data.target, ("membrane",))
+        self._require("data.target", self.cfg.data.target, self.targets)
         self._require("model.out_channels", self.cfg.model.out_channels, (1,))
         super().check()
 
@@ -160,7 +174,7 @@ class MembraneTask(Task):
         """A membrane mask (uint8, 255 = membrane) or, with ``post.mode = "instances"``, cell labels."""
         from .postprocess import cells_from_membrane, segment
 
-        if post.mode == "instances":
+        if post.instances:
             return cells_from_membrane(np.asarray(probs).reshape(np.shape(probs)[-2:]), post)
         return segment(probs, post)
 
@@ -189,6 +203,10 @@ class NucleiTask(Task):
     metric = "dsb"
     headline = ("dsb", "ap50", "ap75")
     found = "dsb"
+    targets = ("contour3", "border3", "contour4", "depth3")
+    channels = ("background", "nucleus", "outline")
+    # fluorescence, where the spec's percentile scaling is exactly biounet's "nuclei" normalisation
+    sample = ("dsb2018/03398329ced0c23b9ac3fac84dd53a87d9ffe4d9d10f1b5fe8df8fac12380776.png", 256)
     defaults: ClassVar[dict] = {
         "model": {"in_channels": 1, "out_channels": 3},
         "data": {"target": "contour3", "border_fraction": 0.5, "normalize": "nuclei"},
@@ -205,10 +223,9 @@ class NucleiTask(Task):
     # positives; tuned with min_size, after the grid, so 16 more settings and not 4x the grid
     refine: ClassVar[dict[str, list]] = {"min_score": [0.0, 0.8, 0.85, 0.9], "min_size": [10, 20, 30, 40]}
     tune_each_validation = False  # 144 post-processings per image: tuned once, after training
-    instances = True
 
     def check(self) -> None:
-        self._require("data.target", self.cfg.data.target, ("contour3", "border3", "contour4", "depth3"))
+        self._require("data.target", self.cfg.data.target, self.targets)
         self._require("model.out_channels", self.cfg.model.out_channels,
                       (4,) if self.cfg.data.target == "contour4" else (3,))
         self._require("post.mode", self.cfg.post.mode, ("instances",))
@@ -249,10 +266,13 @@ def get_task(cfg: RunConfig) -> Task:
     return TASKS[cfg.task](cfg)
 
 
-def legacy_task(target: str) -> str:
-    """The task a config written before tasks existed (format 1) meant, read from its data.target."""
-    nuclei = ("border3", "contour3", "contour4", "depth3")
-    return "membrane" if target == "membrane" else "nuclei" if target in nuclei else "binary"
+def legacy_task(target: str, metric: str = "auto") -> str:
+    """The task a config written before tasks existed (format 1) meant: the one whose metric its explicit
+    ``train.val_metric`` names, else the one that trains on its data.target (binary when none does)."""
+    by_metric = {t.metric: name for name, t in TASKS.items()}
+    if metric in by_metric:
+        return by_metric[metric]
+    return next((name for name, t in TASKS.items() if target in t.targets), BinaryTask.name)
 
 
 # ---- building checked configs ------------------------------------------------------
@@ -284,8 +304,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise InputError(f"{path}: {exc}") from None
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (values parsed as JSON when possible), then re-check.
+def apply_overrides(cfg: RunConfig, overrides: list[str], values: dict[str, Any] | None = None) -> RunConfig:
+    """Apply ``section.key=value`` overrides (values parsed as JSON when possible), then ``values``
+    (``{"section.key": value}``, taken as they are: what command-line flags set), then re-check.
 
     An override of ``task`` brings that task's defaults along (other overrides
     in the same call still win), so ``--set task=membrane`` alone is consistent.
@@ -296,6 +317,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise InputError(f"override '{item}': expected section.key=value")
         key, value = item.split("=", 1)
         parsed.append((item, key.strip().split("."), parse_value(value)))
+    parsed += [(f"{key}={value}", key.split("."), value) for key, value in (values or {}).items()]
     data = to_dict(cfg)
     new_task = next((v for _, parts, v in reversed(parsed) if parts == ["task"]), cfg.task)
     if new_task != cfg.task and new_task in TASKS:

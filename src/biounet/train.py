@@ -17,7 +17,6 @@ import dataclasses
 import gc
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import checkpoint
+from . import checkpoint, ddp
 from .config import RunConfig, TrainConfig
 from .io import InputError
 from .data.dataset import Item, PatchDataset, split_run
@@ -114,7 +113,7 @@ class Run:
 def setup(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Run:
     """Data, model, optimiser and loader for ``cfg``; restores ``last.pt`` when resuming."""
     run_dir = Path(run_dir)
-    rank, world = _ddp()
+    rank, world, _ = ddp.join()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = _device(rank)
@@ -358,15 +357,6 @@ def _average_key(cfg: RunConfig) -> str:
     return "swa" if cfg.train.swa else "ema"
 
 
-def _ddp() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
-
-
 def _leave_group(run: Run) -> None:
     """Every rank waits for the others, drops its DDP wrapper (which holds the process group) and
     destroys the group, before rank 0 tunes alone. A group still held by DDP when the interpreter
@@ -379,7 +369,7 @@ def _leave_group(run: Run) -> None:
 
 def _device(rank: int) -> torch.device:
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        local = ddp.local_rank(rank)
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")

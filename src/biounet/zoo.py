@@ -26,17 +26,11 @@ from . import checkpoint
 from .config import to_dict
 from .graph_export import ONNX_OPSET, model_metadata, to_onnx, to_torchscript
 from .io import InputError, read_image, write_image
-from .normalize import PERCENTILES
+from .normalize import PERCENTILES, SPEC_EPS, scale_range
 from .postprocess import foreground_prob
+from .tasks import TASKS
 
 SAMPLES = Path(__file__).parent / "samples"
-# (sample image, centre crop) per task: fluorescence for nuclei, where the spec's
-# percentile scaling is exactly biounet's "nuclei" normalisation
-TEST_IMAGES = {"nuclei": ("dsb2018/03398329ced0c23b9ac3fac84dd53a87d9ffe4d9d10f1b5fe8df8fac12380776.png", 256),
-               "membrane": ("isbi2012/test-volume-15.tif", 256),
-               "binary": ("isbi2012/test-volume-15.tif", 256)}
-CHANNELS = {"nuclei": ["background", "nucleus", "outline"], "membrane": ["membrane"], "binary": ["foreground"]}
-EPS = 1e-6  # the spec's scale_range default; biounet's own is 1/max(hi - lo, 1e-6)
 CITATIONS = [
     ("Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
      "MICCAI 2015, LNCS 9351, 234-241.", "10.1007/978-3-319-24574-4_28"),
@@ -58,8 +52,8 @@ def _spec():
 
 
 def make_test_input(task: str, sample: str | Path | None = None) -> np.ndarray:
-    """The (1, 1, S, S) float32 test tensor: a centre crop of a shipped sample (or ``sample``), gray."""
-    name, side = TEST_IMAGES.get(task, TEST_IMAGES["binary"])
+    """The (1, 1, S, S) float32 test tensor: a centre crop of the task's shipped sample (or ``sample``), gray."""
+    name, side = TASKS[task].sample
     img = read_image(sample or SAMPLES / name).astype(np.float32)
     if img.ndim == 3:
         img = img[..., :3].mean(axis=-1)
@@ -69,12 +63,6 @@ def make_test_input(task: str, sample: str | Path | None = None) -> np.ndarray:
         raise InputError(f"{sample}: test image is smaller than 16x16")
     top, left = (h - side) // 2, (w - side) // 2
     return np.ascontiguousarray(img[top:top + side, left:left + side])[None, None]
-
-
-def scale_range(x: np.ndarray) -> np.ndarray:
-    """The package's pre-processing, as bioimage.io consumers apply it (per image, over y and x)."""
-    lo, hi = np.percentile(x, PERCENTILES, axis=(2, 3), keepdims=True)
-    return ((x - lo) / (hi - lo + EPS)).astype(np.float32)
 
 
 def expected_output(traced: Any, x: np.ndarray) -> np.ndarray:
@@ -109,7 +97,7 @@ def _cover(x: np.ndarray, probs: np.ndarray, path: Path) -> None:
 
 
 def _readme(cfg, metrics: dict, post: dict, describable: str) -> str:
-    head = CHANNELS.get(cfg.task, ["output"])
+    head = TASKS[cfg.task].channels
     scores = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     return f"""# {cfg.name}
 
@@ -175,15 +163,15 @@ def describe(folder: Path, work: Path, sample: str | Path | None = None):
         test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
         preprocessing=[v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
             axes=[v0_5.AxisId("y"), v0_5.AxisId("x")], min_percentile=PERCENTILES[0],
-            max_percentile=PERCENTILES[1], eps=EPS))])
+            max_percentile=PERCENTILES[1], eps=SPEC_EPS))])
     outputs = v0_5.OutputTensorDescr(
         id=v0_5.TensorId("probabilities"), description=f"{cfg.task} class probabilities",
-        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in CHANNELS[cfg.task]]),
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in TASKS[cfg.task].channels]),
               *space_out],
         test_tensor=v0_5.FileDescr(source=work / "test_output.npy"))
     return v0_5.ModelDescr(
         name=cfg.name if len(cfg.name) >= 5 else f"biounet {cfg.name}",  # the spec wants 5+ characters
-        description=f"biounet 2D U-Net, task {cfg.task}: {', '.join(CHANNELS[cfg.task])} probabilities",
+        description=f"biounet 2D U-Net, task {cfg.task}: {', '.join(TASKS[cfg.task].channels)} probabilities",
         covers=[v0_5.FileDescr(source=work / "cover.png")],
         authors=[v0_5.Author(name="biounet developers")],
         cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],

@@ -107,7 +107,7 @@ def check_items(items: list[Item]) -> CheckReport:
 
 def unused_masks(items: list[Item]) -> list[str]:
     """A warning per mask folder holding masks that no image was paired with (a misnamed image, most often)."""
-    used = {Path(it.labels) for it in items if it.kind == "file"}
+    used = {Path(it.labels) for it in items if it.kind == "folders"}
     out = []
     for folder in sorted({p.parent for p in used}):
         extra = [p.name for p in list_images(folder) if p not in used]

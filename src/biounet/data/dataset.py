@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, RunConfig
+from ..config import DATA_KINDS, DataConfig, DataKind, RunConfig
 from ..io import InputError, list_images, masks_by_image_stem, pick_channel, read_image, read_stack
 from ..labels import check_labels
 from ..normalize import network_input
@@ -52,7 +52,7 @@ class Item:
     """One training/validation image: a name and how to load it lazily."""
 
     name: str
-    kind: str  # stack | file | dsb | coco
+    kind: DataKind  # the data.kind of its source, which says how to read it
     image: str
     labels: str = ""
     page: int = 0
@@ -72,7 +72,7 @@ class Item:
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{self.image}: cannot read page {self.page} ({exc})") from None
-        elif self.kind == "file":
+        elif self.kind == "folders":  # an image file and its mask file
             img, lab = read_image(self.image, self.channel), read_image(self.labels)
         elif self.kind == "dsb":
             from .dsb import load_dsb_pair
@@ -145,7 +145,7 @@ def folder_items(images: str | Path, masks: str | Path, missing: list[str] | Non
                 raise InputError(msg)
             missing.append(msg)
             continue
-        items.append(Item(p.stem, "file", str(p), str(by_stem[p.stem])))
+        items.append(Item(p.stem, "folders", str(p), str(by_stem[p.stem])))
     return items
 
 
@@ -222,7 +222,7 @@ def items_from_config(cfg: DataConfig, missing: list[str] | None = None) -> list
     elif cfg.kind == "coco":  # images = the annotation JSON, labels = image folder (optional)
         items = coco_items(cfg.images, cfg.labels)
     else:
-        raise InputError(f"data.kind must be stack|folders|dsb|coco, got {cfg.kind!r}")
+        raise InputError(f"data.kind must be {'|'.join(DATA_KINDS)}, got {cfg.kind!r}")
     return items if channel is None else [dataclasses.replace(it, channel=channel) for it in items]
 
 
