@@ -222,14 +222,6 @@ def measure_blockwise(labels: Any, image: Any = None, pixel_size: float | None =
     lab_ids = table["label"].astype(np.int64)
     table["touches_border"] = ((y0[lab_ids] == 0) | (x0[lab_ids] == 0) | (y1[lab_ids] == h)
                                | (x1[lab_ids] == w)).astype(np.int64)
-    if pixel_size is not None:
-        if not pixel_size > 0:
-            raise ValueError(f"pixel size must be > 0 micrometres, got {pixel_size}")
-        for k in ("y", "x", "perimeter", "equivalent_diameter", "major_axis", "minor_axis"):
-            table[f"{k}_um"] = table[k] * pixel_size
-        table["area_um2"] = table["area"] * pixel_size**2
-    for k, v in raw.items():
-        if k.startswith("intensity_"):
-            stat, _, ch = k[len("intensity_"):].partition("-")
-            table[f"{stat}_intensity" + (f"_{ch}" if ch else "")] = v
-    return table
+    from .measure import finish_table
+
+    return finish_table(table, raw, pixel_size)

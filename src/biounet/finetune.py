@@ -51,7 +51,7 @@ import torch
 
 from . import checkpoint
 from .config import RunConfig
-from .io import InputError
+from .io import InputError, replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +485,7 @@ def train_network(net: torch.nn.Module, cfg: RunConfig, items: list[ArrayItem], 
     from .data.dataset import PatchDataset
     from .losses import get_loss
     from .tasks import get_task
+    from .train import crop_to
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -516,7 +517,7 @@ def train_network(net: torch.nn.Module, cfg: RunConfig, items: list[ArrayItem], 
             y = torch.stack([s["target"] for s in samples]).to(device)
             w = torch.stack([s["weight"] for s in samples]).to(device) if "weight" in samples[0] else None
             logits = net(x)
-            y, w = _crop_to(y, logits), _crop_to(w, logits) if w is not None else None
+            y, w = crop_to(y, logits), crop_to(w, logits) if w is not None else None
             loss = loss_fn(logits.float(), y, w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -542,29 +543,3 @@ def train_network(net: torch.nn.Module, cfg: RunConfig, items: list[ArrayItem], 
     net.eval()
     return step, time.perf_counter() - t_start, float(np.mean(losses[-20:]))
 
-
-def _crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Centre-crop targets to a valid net's smaller output (as the training loop does)."""
-    h, w = logits.shape[-2:]
-    if y.shape[-2:] == (h, w):
-        return y
-    top, left = (y.shape[-2] - h) // 2, (y.shape[-1] - w) // 2
-    return y[..., top : top + h, left : left + w]
-
-
-# ---- writing ---------------------------------------------------------------------------
-def replace_folder(new: Path, out: Path) -> None:
-    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and removed after, so a reader
-    finds the old model or the new one, never a mix."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.replace(out, old / out.name)
-    try:
-        os.replace(new, out)
-    except OSError:
-        os.replace(old / out.name, out)  # put the old model back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

@@ -421,3 +421,25 @@ def open_array(shape: tuple[int, ...], dtype: Any = np.float32, path: str | Path
         chunks = (*([1] * (len(shape) - 2)), *(min(512, s) for s in shape[-2:]))
         return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Rename the folder ``new`` to ``out``; an existing ``out`` is moved aside first and removed after, so a
+    reader finds the old folder or the new one, never a mix (and the old one is put back if the rename fails)."""
+    import os
+    import shutil
+    import tempfile
+
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -50,6 +50,13 @@ def object_table(labels: np.ndarray, image: Any = None, pixel_size: float | None
     edge = np.zeros(labels.max() + 1 if labels.size else 1, dtype=np.int64)
     edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = 1
     table["touches_border"] = edge[table["label"]]
+    return finish_table(table, raw, pixel_size)
+
+
+def finish_table(table: dict[str, np.ndarray], raw: dict[str, np.ndarray],
+                 pixel_size: float | None) -> dict[str, np.ndarray]:
+    """The columns every object table shares after the shape ones: micrometres when ``pixel_size`` is
+    given, and regionprops' ``intensity_*`` columns renamed (``intensity_mean-2`` -> ``mean_intensity_2``)."""
     if pixel_size is not None:
         if not pixel_size > 0:
             raise ValueError(f"pixel size must be > 0 micrometres, got {pixel_size}")

@@ -14,7 +14,6 @@ others stay 0 (unwritten chunks take no space).
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .formats import NgffImage, Plane, _zarr, ome_attrs
-from .io import InputError
+from .io import InputError, replace_folder
 
 NEW_STORE_VERSION = "0.4"
 CHUNK = 512  # chunk side (pixels) along y and x
@@ -72,22 +71,6 @@ def resample_nearest(src: Any, dst: Any, tile: int = 1024) -> None:
             xs = (np.arange(x0, min(wd, x0 + tile)) * ws) // wd
             box = np.asarray(src[..., ys[0]: ys[-1] + 1, xs[0]: xs[-1] + 1])
             dst[..., y0: y0 + len(ys), x0: x0 + len(xs)] = box[..., ys - ys[0], :][..., xs - xs[0]]
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the folder ``src`` to ``dst``, replacing an existing ``dst`` (renamed away first, removed after)."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(old / dst.name, dst)  # put the previous output back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class ZarrOutput:
@@ -223,7 +206,7 @@ class ZarrOutput:
         _put_attrs(self.group, self.version, payload, {"biounet": {"kind": self.kind, "model": self.model}})
         if self.image is not None:
             self._labels_group()  # a labels group before the label image appears in it
-        _replace_dir(self.tmp, self.dest)
+        replace_folder(self.tmp, self.dest)
         self.tmp = None
         if self.image is not None:
             self._list_label()

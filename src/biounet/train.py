@@ -261,8 +261,8 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
     w = batch["weight"].to(run.device) if "weight" in batch else None
     with torch.autocast(run.device.type, enabled=run.use_amp):
         logits = run.net(x)
-    y = _crop_to(y, logits)
-    w = _crop_to(w, logits) if w is not None else None
+    y = crop_to(y, logits)
+    w = crop_to(w, logits) if w is not None else None
     loss = run.loss_fn(logits.float(), y, w)
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -375,7 +375,7 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def crop_to(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Centre-crop targets to a valid net's smaller output."""
     h, w = logits.shape[-2:]
     if y.shape[-2:] == (h, w):
