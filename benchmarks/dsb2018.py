@@ -79,7 +79,8 @@ def main() -> None:
         val = val[: args.limit]
 
     seg_tta = seg.with_options(tta=True)
-    ours, tta, rescaled, base, kinds = [], [], [], [], {}
+    seg_native = seg.with_options(diameter=None)  # the size estimate off: every image at its own scale
+    ours, tta, rescaled, base, kinds, native = [], [], [], [], {}, []
     seconds = 0.0
     for item in val:
         img, truth = load_dsb_pair(item.extra)
@@ -88,6 +89,7 @@ def main() -> None:
         ours.append((item.name, truth, seg.segment(img, item.name)))
         seconds += time.perf_counter() - t0
         base.append((item.name, truth, otsu_labels(img)))
+        native.append((item.name, truth, seg_native.segment(img, item.name)))
         if args.tta:
             tta.append((item.name, truth, seg_tta.segment(img, item.name)))
         if args.diameter_from_truth and truth.any():
@@ -96,7 +98,8 @@ def main() -> None:
         elif args.diameter_from_truth:
             rescaled.append(ours[-1])
     summary, per_image = evaluate_instances(ours)
-    rows = {"biounet " + seg.name: summary}
+    rows = {"biounet " + seg.name: summary,
+            "biounet " + seg.name + ", --diameter none (no size estimate)": evaluate_instances(native)[0]}
     if args.tta:
         rows["biounet " + seg.name + " + TTA (8 flips/rotations)"] = evaluate_instances(tta)[0]
     if args.diameter_from_truth:
@@ -133,9 +136,14 @@ def main() -> None:
     print(f"\ntraining: {epochs} epochs, {train_min:.1f} min (from the run's history.jsonl); "
           f"prediction + post-processing: {seconds / len(val):.2f} s per image")
     if args.json:
+        import sys
+
+        from _report import provenance
+
         args.json.write_text(json.dumps({"split": split, "n_images": len(val), "results": rows,
                                          "by_modality": {k: float(np.mean(v)) for k, v in by_kind.items()},
-                                         "train_minutes": train_min, "validation": validation}, indent=2))
+                                         "train_minutes": train_min, "validation": validation,
+                                         "provenance": provenance(sys.argv, vars(args))}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Both with the size estimate (``--diameter auto``) and without (``none``).
 Train the runs it compares (the group fold of record is ``FOLD0``; ``--print-commands`` prints them):
 
     biounet train --config configs/dsb2018-quick.toml --set data.groups=configs/dsb2018-groups.csv \\
-        --set 'data.exclude_groups=[...FOLD0...]' --set train.epochs=40 --out runs/g0-base
+        --set 'data.exclude_groups=[...FOLD0...]' --set train.epochs=30 --out runs/g0-base
     ... the same with configs/dsb2018-robust.toml's augmentation --out runs/g0-robust
 
 then
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLD0 = ("bright-1024x1024", "colour-256x320-l", "fluo-360x360-l", "fluo-520x696-s", "fluo-other")
 
 
-def fold_commands(groups: tuple[str, ...] = FOLD0, epochs: int = 40) -> list[str]:
+def fold_commands(groups: tuple[str, ...] = FOLD0, epochs: int = 30) -> list[str]:
     """The two training commands whose runs this script compares (today's recipe and the robust one)."""
     ex = json.dumps(list(groups)).replace(" ", "")
     common = (f"biounet train --config configs/dsb2018-quick.toml --set data.groups=configs/dsb2018-groups.csv "

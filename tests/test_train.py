@@ -88,7 +88,7 @@ def test_valid_padding_and_weight_map_train(stack_files, tmp_path):
     with torch.no_grad():
         logits = run.model(batch["image"])
         assert logits.shape[-1] < batch["image"].shape[-1]  # valid padding: the output is the patch less its margin
-        y, wc = train_module._crop_to(batch["target"], logits), train_module._crop_to(w, logits)
+        y, wc = train_module.crop_to(batch["target"], logits), train_module.crop_to(w, logits)
         weighted, plain = run.loss_fn(logits, y, wc).item(), run.loss_fn(logits, y, None).item()
     assert np.isfinite(weighted) and np.isfinite(plain) and abs(weighted - plain) > 1e-3 * plain  # the map weighs
     seg = load_model(tmp_path / "run")
