@@ -299,3 +299,16 @@ def test_segment_takes_a_channel(tiny_run):
     img = np.random.default_rng(0).integers(0, 255, (40, 40, 2), dtype=np.uint8)
     np.testing.assert_array_equal(seg.segment(img, channel=1), seg.segment(img[..., 1]))
     np.testing.assert_array_equal(seg.predict(img, channel=0), seg.predict(img[..., 0]))
+
+
+def test_a_stack_goes_through_the_api_page_by_page_as_the_cli_takes_it(tiny_run):
+    """Issue #51: the membrane API refused a 2-slice stack the CLI takes; segment_stack takes it, and the
+    error for a bare (2, H, W) array names it."""
+    seg = P.load_model(tiny_run)
+    stack = np.random.default_rng(0).integers(0, 255, (2, 40, 48), dtype=np.uint8)
+    out = seg.segment_stack(stack)
+    assert out.shape == (2, 40, 48)
+    np.testing.assert_array_equal(out[1], seg.segment(stack[1]))
+    assert seg.predict_stack(stack).shape[0] == 2
+    with pytest.raises(biounet.io.InputError, match="segment_stack"):
+        seg.segment(stack)

@@ -151,7 +151,7 @@ def drop_alpha(image: Any, name: str = "image") -> Any:
     refuse_channel_first(image, name)
     if image.ndim == 3 and image.shape[2] > 4:
         raise InputError(f"{name}: shape {tuple(image.shape)} looks like a stack of {image.shape[0]} pages, "
-                         f"not an (H, W, C) image; predict one page at a time (or, if it has "
+                         f"not an (H, W, C) image; use segment_stack / predict_stack (or, if it has "
                          f"{image.shape[2]} channels: the models take 1 to 4)")
     if image.ndim not in (2, 3):
         raise InputError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
@@ -165,7 +165,7 @@ def refuse_channel_first(image: Any, name: str = "image") -> None:
         c = image.shape[0]
         raise InputError(f"{name}: shape {tuple(image.shape)} looks channel-first ({c}, H, W); biounet takes "
                          f"(H, W, C) images: pass np.moveaxis(image, 0, -1) (or, if it is a stack of {c} pages, "
-                         "one page at a time)")
+                         "segment_stack / predict_stack)")
 
 
 def one_channel(image: Any, channel: int, name: str = "image") -> Any:

@@ -163,6 +163,14 @@ class Segmenter:
         """Mask (uint8, 255 = foreground) or instance labels (int32), per the task and ``post``."""
         return self.segment_probs(self.predict_prepared(self.view(image, name, channel)))
 
+    def segment_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
+        """(Z, H, W[, C]) pages -> (Z, H, W) masks or labels, page by page, as ``predict`` does a TIFF stack."""
+        return np.stack([self.segment(page, f"{name}[{i}]", channel) for i, page in enumerate(stack)])
+
+    def predict_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
+        """(Z, H, W[, C]) pages -> (Z, H, W) or (Z, K, H, W) probabilities, page by page."""
+        return np.stack([self.predict(page, f"{name}[{i}]", channel) for i, page in enumerate(stack)])
+
     def segment_sized(self, image: np.ndarray, name: str = "image",
                       channel: int | None = None) -> tuple[np.ndarray, SizeEstimate | None]:
         """:meth:`segment` and the object size it estimated (None unless :attr:`auto_size`)."""
