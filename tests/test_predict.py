@@ -312,3 +312,15 @@ def test_a_stack_goes_through_the_api_page_by_page_as_the_cli_takes_it(tiny_run)
     assert seg.predict_stack(stack).shape[0] == 2
     with pytest.raises(biounet.io.InputError, match="segment_stack"):
         seg.segment(stack)
+
+
+def test_one_image_is_not_taken_for_a_stack_and_diameters_stay_in_range(tiny_run):
+    seg = P.load_model(tiny_run)
+    with pytest.raises(biounet.io.InputError, match="for one image use segment"):
+        seg.segment_stack(np.zeros((40, 48, 3), np.uint8))
+    with pytest.raises(biounet.io.InputError, match="--diameter"):
+        P.parse_diameter("inf")
+    nuclei = dataclasses.replace(seg, train_diameter=20.0)
+    with pytest.raises(biounet.io.InputError, match="more than 4x"):
+        nuclei.with_options(diameter=1.0)
+    assert nuclei.with_options(diameter=60.0).scale == pytest.approx(1 / 3)

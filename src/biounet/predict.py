@@ -103,6 +103,12 @@ class Segmenter:
     options: PredictOptions = field(default_factory=PredictOptions)
 
     def __post_init__(self) -> None:
+        from .size import MAX_SCALE
+
+        d = self.fixed_diameter
+        if d is not None and self.train_diameter and not 1 / MAX_SCALE <= self.train_diameter / d <= MAX_SCALE:
+            raise InputError(f"--diameter {d:g}: more than {MAX_SCALE:g}x from the model's training size "
+                             f"({self.train_diameter:.1f} px); resize the images yourself, or fine-tune")
         if self.fixed_diameter is not None and not self.train_diameter:
             raise InputError(f"model {self.name}: records no training object diameter; --diameter needs one")
 
@@ -165,11 +171,11 @@ class Segmenter:
 
     def segment_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
         """(Z, H, W[, C]) pages -> (Z, H, W) masks or labels, page by page, as ``predict`` does a TIFF stack."""
-        return np.stack([self.segment(page, f"{name}[{i}]", channel) for i, page in enumerate(stack)])
+        return np.stack([self.segment(page, f"{name}[{i}]", channel) for i, page in enumerate(_pages(stack, name))])
 
     def predict_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
         """(Z, H, W[, C]) pages -> (Z, H, W) or (Z, K, H, W) probabilities, page by page."""
-        return np.stack([self.predict(page, f"{name}[{i}]", channel) for i, page in enumerate(stack)])
+        return np.stack([self.predict(page, f"{name}[{i}]", channel) for i, page in enumerate(_pages(stack, name))])
 
     def segment_sized(self, image: np.ndarray, name: str = "image",
                       channel: int | None = None) -> tuple[np.ndarray, SizeEstimate | None]:
@@ -291,6 +297,15 @@ class Segmenter:
         return probs[:, :h, :w]
 
 
+def _pages(stack: Any, name: str) -> Any:
+    """``stack`` if it is (Z, H, W) or (Z, H, W, C); a single image is refused with the method to use."""
+    shape = tuple(getattr(stack, "shape", ()))
+    if len(shape) not in (3, 4) or (len(shape) == 3 and shape[2] <= 4):
+        raise InputError(f"{name}: shape {shape} is not a stack of (H, W) or (H, W, C) pages; "
+                         "for one image use segment / predict")
+    return stack
+
+
 def onnxruntime_available() -> bool:
     import importlib.util
 
@@ -351,7 +366,7 @@ def parse_diameter(text: str | float | None) -> float | Literal["auto"] | None:
         value = float(word)
     except ValueError:
         raise InputError(f"--diameter must be a number of pixels, auto or none; got {text!r}") from None
-    if not value > 0:
+    if not (value > 0 and np.isfinite(value)):
         raise InputError(f"--diameter must be a positive number of pixels, auto or none; got {text!r}")
     return value
 
@@ -602,6 +617,10 @@ def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, nam
 
     k = seg.config.model.out_channels
     h, w = raw.shape[:2]
+    if not workers and (seg.auto_size or seg.scale != 1.0):
+        # a resize (asked for, or perhaps by the size estimate) of an image this size is done block by block:
+        # resizing it whole would hold it, up to 16x enlarged, in memory
+        workers = 1
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".biounet-") as tmp, (
             zarr_out if zarr_out is not None else contextlib.nullcontext()):
