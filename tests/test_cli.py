@@ -225,6 +225,8 @@ def test_models_lists_each_shipped_model_on_one_line():
             assert line.split("validation, tuned thresholds: ")[1].split(";")[0] == ", ".join(tuned)
             assert ("held-out" in line) == bool(held)
             assert all(h in line.split("held-out")[-1] for h in held)
+            # a nuclei model's scores say they were taken without the size estimate that predict applies
+            assert ("--diameter none" in line) == bool(m.get("object_diameter"))
 
 
 @pytest.mark.parametrize("task, scores, warned", [

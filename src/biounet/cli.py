@@ -100,7 +100,9 @@ def models() -> None:
         tuned = "tuned_" if any(f"tuned_{k}" in m for k in task.headline) else ""  # older runs: plain scores
         parts = _score_parts(m, task, [(tuned, "validation, tuned thresholds" if tuned else "validation"),
                                        ("holdout_", "held-out (nothing picked on it)")])
-        typer.echo(f"{name:24s} {task.name:9s} {'; '.join(parts) or 'validation: n/a'}")
+        # tune.finish scores every image at its own size; predict's --diameter auto may resize some
+        sized = " (scored at each image's own size, --diameter none)" if parts and m.get("object_diameter") else ""
+        typer.echo(f"{name:24s} {task.name:9s} {'; '.join(parts) or 'validation: n/a'}{sized}")
 
 
 # what a metrics.json key is, for a person: "dsb" -> "DSB"
