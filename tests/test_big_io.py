@@ -382,3 +382,47 @@ def test_blocks_run_on_a_running_cluster_given_its_scheduler_address(seg, tmp_pa
     assert same_up_to_renumbering(tifffile.imread(one), tifffile.imread(far))
     with pytest.raises(P.InputError, match="--scheduler tcp://127.0.0.1:9: cannot connect"):
         P.predict_file(seg, tmp_path / "img.tif", tmp_path / "none", P.OutputOptions(), workers="tcp://127.0.0.1:9")
+
+
+try:
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # the test skips without distributed
+    _WorkerPlugin = object
+
+
+class _CrashOnce(_WorkerPlugin):
+    """A dask worker plugin that kills its worker process the first time any worker starts a block (a file
+    marks that it happened), as a node lost mid-run would."""
+
+    name = "crash-once"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def setup(self, worker) -> None:
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        import os
+
+        if finish == "executing" and "block_result" in str(key) and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+
+
+def test_a_killed_workers_block_is_recomputed_and_the_output_is_complete(seg, tmp_path, monkeypatch):
+    """Issue #50: a worker dies mid-run (its process exits); dask reschedules its block on another worker and
+    the labels equal one process's."""
+    distributed = pytest.importorskip("distributed")
+    img = touching_across_seams()
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    monkeypatch.setattr("biounet.postprocess.blockwise_layout", lambda diameter: (128, 40))
+    one, = P.predict_file(seg, tmp_path / "img.tif", tmp_path / "one", P.OutputOptions(), workers=1)
+    marker = tmp_path / "crashed"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        client.register_plugin(_CrashOnce(str(marker)))
+        far, = P.predict_file(seg, tmp_path / "img.tif", tmp_path / "far", P.OutputOptions(),
+                              workers=cluster.scheduler_address)
+    assert marker.exists()  # a worker did die
+    assert same_up_to_renumbering(tifffile.imread(one), tifffile.imread(far))
