@@ -290,6 +290,36 @@ def test_vendor_files_are_read_through_bioio(seg, reference, tmp_path, monkeypat
     assert np.array_equal(tifffile.imread(lab), want)
 
 
+def test_a_czi_written_here_is_segmented_through_the_formats_extra(reference, tmp_path):
+    """A real Zeiss CZI (written here with pylibCZIrw, the library bioio-czi reads with): two channels and
+    three z-planes; the nuclei are channel 1, plane 2. The CLI refuses to guess either, then segments the
+    plane named into the labels the same image gets from a plain TIFF."""
+    pytest.importorskip("bioio_czi")
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+    img, want, _ = reference
+    path = tmp_path / "cells.czi"
+    with pyczi.create_czi(str(path)) as czi:
+        for c in range(2):
+            for z in range(3):
+                plane = img if (c, z) == (1, 2) else np.full_like(img, 10 * z + c)
+                czi.write(plane, plane={"C": c, "Z": z, "T": 0})
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["predict", "--model", "dsb2018-nuclei", "--diameter", "none", "--out", str(out),
+                              str(path)])
+    said = [line for line in res.output.splitlines() if "cells.czi" in line]
+    assert res.exit_code != 0 and len(said) == 1 and "choose one with --channel 0..1" in said[0], res.output
+    res = runner.invoke(app, ["predict", "--model", "dsb2018-nuclei", "--diameter", "none", "--out", str(out),
+                              "--channel", "1", str(path)])
+    said = [line for line in res.output.splitlines() if "cells.czi" in line]
+    assert res.exit_code != 0 and len(said) == 1 and "choose one with --z 0..2" in said[0], res.output
+    assert not out.exists() or not any(out.iterdir())  # refused before anything was written
+    res = runner.invoke(app, ["predict", "--model", "dsb2018-nuclei", "--diameter", "none", "--out", str(out),
+                              "--channel", "1", "--z", "2", str(path)])
+    assert res.exit_code == 0, res.output
+    labels = sorted(out.glob("cells*.tif"))
+    assert len(labels) == 1 and np.array_equal(tifffile.imread(labels[0]), want)
+
+
 def test_folders_and_patterns_find_stores_and_vendor_files(tmp_path):
     write_ome_zarr(tmp_path / "a.ome.zarr", np.zeros((1, 8, 8), np.uint8), "cyx", levels=1)
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 8), np.uint8))
