@@ -247,6 +247,11 @@ class ZarrOutput:
 def read_labels(store: str | Path, name: str | None = None, level: int = 0) -> np.ndarray:
     """A label image written by biounet as a numpy array: ``store`` a new store, or an image store with
     ``labels/<name>`` (the only one when ``name`` is None). For tests and small images."""
+    return np.asarray(open_labels(store, name, level)[...])
+
+
+def open_labels(store: str | Path, name: str | None = None, level: int = 0) -> Any:
+    """The zarr array of a label image written by biounet (see :func:`read_labels`), read only when sliced."""
     zarr = _zarr()
     store = Path(store)
     group = zarr.open_group(str(store), mode="r")
@@ -257,4 +262,4 @@ def read_labels(store: str | Path, name: str | None = None, level: int = 0) -> n
             raise InputError(f"{store}: holds labels {names}; name one")
         group = group["labels"][name or names[0]]
         meta = ome_attrs(group.attrs.asdict())
-    return np.asarray(group[meta["multiscales"][0]["datasets"][level]["path"]][...])
+    return group[meta["multiscales"][0]["datasets"][level]["path"]]
