@@ -169,3 +169,54 @@ def test_cli_auto_diameter_on_a_sample_enlarged_3x_finds_the_size_and_writes_it(
     assert est_big == pytest.approx(3 * est_native, rel=0.25)
     n_native = len(out["none"]["native"]) - 1
     assert abs((len(out["auto"]["big"]) - 1) - n_native) <= max(2, 0.2 * n_native)
+
+
+def _tiny_nuclei_segmenter():
+    import torch
+
+    from biounet.config import PostConfig, RunConfig
+    from biounet.models.unet import UNet
+    from biounet.predict import Segmenter
+    from biounet.tasks import apply_overrides
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(RunConfig(), ["task=nuclei", "model.base_features=4", "model.depth=2", "model.out_channels=3",
+                                        "data.target=contour3", "data.normalize=nuclei"])
+    return Segmenter(module=UNet(cfg.model).eval(), config=cfg, post=PostConfig(mode="instances"), train_diameter=20.0)
+
+
+def test_a_reused_probe_is_segmented_once(monkeypatch):
+    """With --diameter auto, the probe that is the pass was segmented to be measured: its labels are the
+    answer, with no second watershed; the labels equal segmenting its probabilities."""
+    from biounet import predict as P
+    from biounet.size import Probe, SizeEstimate
+
+    seg = _tiny_nuclei_segmenter().with_options(diameter="auto")
+    img = (disks(20, side=128) > 0).astype(np.uint8) * 200
+    x = seg.prepare(img)
+    probs = seg._predict_at(x, 1.0)
+    labels = seg.segment_probs(probs)
+    monkeypatch.setattr(S, "estimate", lambda *a: (SizeEstimate(20.0, 1.0, 5), Probe(probs, labels)))
+    calls = []
+    real = P.Segmenter.segment_probs
+    monkeypatch.setattr(P.Segmenter, "segment_probs", lambda self, p: calls.append(1) or real(self, p))
+    out, size = seg.segment_sized(img)
+    assert calls == [] and out is labels and size.scale == 1.0
+    assert np.array_equal(out, real(seg, probs))
+
+
+def test_a_stack_is_resized_by_one_estimate_made_on_its_middle_page(monkeypatch):
+    """Pages of one z-stack must not be resized differently: the estimate runs once, on the middle page,
+    and every page is predicted at its scale."""
+    from biounet import predict as P
+    from biounet.size import SizeEstimate
+
+    seg = _tiny_nuclei_segmenter().with_options(diameter="auto")
+    stack = np.stack([(disks(d, side=96) > 0).astype(np.uint8) * (100 + 40 * i) for i, d in enumerate((10, 20, 40))])
+    estimated, scales = [], []
+    monkeypatch.setattr(S, "estimate", lambda x, *a: estimated.append(x.name) or (SizeEstimate(40.0, 0.5, 5), None))
+    real = P.Segmenter._predict_at
+    monkeypatch.setattr(P.Segmenter, "_predict_at", lambda self, x, s, out=None: scales.append(s) or real(self, x, s, out))
+    labels = seg.segment_stack(stack, "z")
+    assert estimated == ["z[1]"] and scales == [0.5, 0.5, 0.5] and labels.shape == stack.shape
+    assert np.array_equal(labels[0], seg.with_options(diameter=40.0).segment(stack[0]))

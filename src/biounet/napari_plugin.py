@@ -60,11 +60,12 @@ def segment_layer(
     options = PredictOptions(tta=tta, diameter=diameter or "auto", tile=tile)
     seg = load_model(model, options=options).with_post(mode="instances")
     results = []
-    for i, image in enumerate(images):
+    passes = seg.passes(images, "layer")  # one size estimate for all slices, as the CLI does a stack
+    for i in range(len(images)):
         yield i + 1, total, f"slice {i + 1}/{len(images)}" if len(images) > 1 else "segmenting"
-        probs = seg.predict(image)
-        results.append(seg.segment_probs(probs) if output == "labels"
-                       else foreground_prob(probs).astype(np.float32))
+        done = next(passes)
+        results.append(seg.labels_of(done) if output == "labels"
+                       else foreground_prob(done.probs).astype(np.float32))
     yield total, total, "done"
     yield results[0] if len(results) == 1 else np.stack(results)
 

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -89,6 +89,15 @@ class PredictOptions:
             raise InputError(f"--diameter must be a positive number of pixels, auto or none; got {self.diameter!r}")
         if self.backend not in ("torch", "onnxruntime", "auto"):
             raise InputError(f"--backend must be torch, onnxruntime or auto, got {self.backend!r}")
+
+
+class Pass(NamedTuple):
+    """One image through the network: (K, H, W) probabilities, the size estimate they were made at (None
+    without ``--diameter auto``), and the labels when the size probe already segmented them (else None)."""
+
+    probs: Any
+    size: SizeEstimate | None
+    labels: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -167,21 +176,39 @@ class Segmenter:
 
     def segment(self, image: np.ndarray, name: str = "image", channel: int | None = None) -> np.ndarray:
         """Mask (uint8, 255 = foreground) or instance labels (int32), per the task and ``post``."""
-        return self.segment_probs(self.predict_prepared(self.view(image, name, channel)))
+        return self.segment_sized(image, name, channel)[0]
 
     def segment_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
-        """(Z, H, W[, C]) pages -> (Z, H, W) masks or labels, page by page, as ``predict`` does a TIFF stack."""
-        return np.stack([self.segment(page, f"{name}[{i}]", channel) for i, page in enumerate(_pages(stack, name))])
+        """(Z, H, W[, C]) pages -> (Z, H, W) masks or labels, page by page, as ``predict`` does a TIFF stack
+        (one size estimate for the whole stack: see :meth:`passes`)."""
+        return np.stack([self.labels_of(p) for p in self.passes(_pages(stack, name), name, channel)])
 
     def predict_stack(self, stack: Any, name: str = "stack", channel: int | None = None) -> np.ndarray:
         """(Z, H, W[, C]) pages -> (Z, H, W) or (Z, K, H, W) probabilities, page by page."""
-        return np.stack([self.predict(page, f"{name}[{i}]", channel) for i, page in enumerate(_pages(stack, name))])
+        probs = [p.probs for p in self.passes(_pages(stack, name), name, channel)]
+        return np.stack([p[0] if p.shape[0] == 1 else p for p in probs])
 
     def segment_sized(self, image: np.ndarray, name: str = "image",
                       channel: int | None = None) -> tuple[np.ndarray, SizeEstimate | None]:
         """:meth:`segment` and the object size it estimated (None unless :attr:`auto_size`)."""
-        probs, size = self.predict_sized(self.view(image, name, channel))
-        return self.segment_probs(probs), size
+        done = self.sized_pass(self.view(image, name, channel))
+        return self.labels_of(done), done.size
+
+    def labels_of(self, done: "Pass") -> np.ndarray:
+        """The mask or labels of a pass: those the size probe already segmented, else segmented now."""
+        return done.labels if done.labels is not None else self.segment_probs(done.probs)
+
+    def passes(self, pages: Any, name: str = "stack", channel: int | None = None) -> Iterator["Pass"]:
+        """One :class:`Pass` per page of a stack, in page order, with one size estimate for all of them
+        (made on the middle page, so that one goes first): the pages of a z-stack or a time series are
+        resized alike."""
+        views = [self.view(page, f"{name}[{i}]" if len(pages) > 1 else name, channel) for i, page in enumerate(pages)]
+        if len(views) < 2 or not self.auto_size:
+            yield from (self.sized_pass(v) for v in views)
+            return
+        mid = len(views) // 2
+        middle = self.sized_pass(views[mid])
+        yield from (middle if i == mid else self.sized_pass(v, middle.size) for i, v in enumerate(views))
 
     def segment_probs(self, probs: np.ndarray) -> np.ndarray:
         from .tasks import get_task
@@ -208,22 +235,29 @@ class Segmenter:
 
     def predict_sized(self, x: Any, out: Any = None) -> tuple[Any, SizeEstimate | None]:
         """:meth:`predict_prepared` and, with :attr:`auto_size`, the size estimate it rescaled by."""
+        done = self.sized_pass(x, out=out)
+        return done.probs, done.size
+
+    def sized_pass(self, x: Any, size: SizeEstimate | None = None, out: Any = None) -> "Pass":
+        """The network's pass over a normalized (C, H, W) image: with :attr:`auto_size`, at the scale of
+        ``size`` (given: one estimate for a stack) or of the image's own estimate, whose probe may already
+        be the pass (then its labels come too); else at the fixed ``--diameter``'s scale, or native."""
         self.module.eval()
-        size = None
-        if self.auto_size:
+        probe = None
+        if self.auto_size and size is None:
             from .size import estimate
 
-            size, probs = estimate(x, self.train_diameter, self._predict_at, self.segment_probs)
-            if probs is None:
-                probs = self._predict_at(x, size.scale, out)
+            size, probe = estimate(x, self.train_diameter, self._predict_at, self.segment_probs)
             log.info("%s: estimated object diameter %.1f px (training %.1f px), resized x%.2f",
                      getattr(x, "name", "image"), size.diameter, self.train_diameter, size.scale)
+        if probe is not None:
+            probs, labels = probe.probs, probe.labels
         else:
-            probs = self._predict_at(x, self.scale, out)
+            probs, labels = self._predict_at(x, size.scale if self.auto_size else self.scale, out), None
         if out is not None and probs is not out:
             out[...] = probs
-            return out, size
-        return probs, size
+            probs = out
+        return Pass(probs, size if self.auto_size else None, labels)
 
     def _predict_at(self, x: Any, scale: float, out: Any = None) -> Any:
         """(K, H, W) probabilities at ``x``'s size, the network run on ``x`` resized by ``scale``."""
@@ -497,10 +531,10 @@ def check_outputs(files: list[Path], out_dir: Path, overwrite: bool = False, ski
     return list(files)
 
 
-def _result(seg: Segmenter, probs: np.ndarray, opts: OutputOptions) -> np.ndarray:
+def _result(seg: Segmenter, done: Pass, opts: OutputOptions) -> np.ndarray:
     if opts.probabilities:
-        return probs[0] if probs.shape[0] == 1 else probs
-    return _compact(seg.segment_probs(probs))
+        return done.probs[0] if done.probs.shape[0] == 1 else done.probs
+    return _compact(seg.labels_of(done))
 
 
 def _overlay_mask(seg: Segmenter, result: np.ndarray, opts: OutputOptions) -> np.ndarray:
@@ -564,8 +598,8 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
             zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts)) if to_zarr else None
             return predict_large(seg, stack[0], output_path(path, out_dir), opts, str(path), zarr_out=zout,
                                  workers=workers, where=where)
-    sized = [seg.predict_sized(seg.view(page, str(path))) for page in stack]
-    results = [_result(seg, probs, opts) for probs, _ in sized]
+    sized = list(seg.passes(stack, str(path)))  # one size estimate for all pages of a stack
+    results = [_result(seg, done, opts) for done in sized]
     result = np.stack(results) if len(results) > 1 else results[0]
     if to_zarr:
         zout = zarr_output(seg, path, zarr_dir, opts.probabilities, _kind(seg, opts), source)
@@ -575,8 +609,8 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
     if opts.measure:
         from .measure import object_table, with_size, write_table
 
-        tables = [with_size(object_table(res, page, opts.pixel_size), size)
-                  for page, res, (_, size) in zip(stack, results, sized)]
+        tables = [with_size(object_table(res, page, opts.pixel_size), done.size)
+                  for page, res, done in zip(stack, results, sized)]
         written.append(write_table(out_dir / f"{path.stem}.csv", tables, pages=len(tables) > 1))
     if opts.outlines:
         from .outlines import write_outlines

@@ -42,6 +42,15 @@ class SizeEstimate:
     objects: int
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A probe of the whole image at the scale the estimate asks for: its probabilities and the labels
+    segmented from them to measure the objects, so the caller runs neither again."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+
 def object_diameters(labels: np.ndarray) -> np.ndarray:
     """Equivalent diameters (px) of the objects of an (H, W) label image, ``2 sqrt(area / pi)``."""
     areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
@@ -85,27 +94,29 @@ def estimate(
     train_diameter: float,
     predict_at: Callable[[np.ndarray, float], np.ndarray],
     segment: Callable[[np.ndarray], np.ndarray],
-) -> tuple[SizeEstimate, np.ndarray | None]:
+) -> tuple[SizeEstimate, Probe | None]:
     """Estimate the object size of a normalised (C, H, W) image (an array or a lazy view sliced
-    ``x[:, rows, cols]``); maybe hand back the probabilities.
+    ``x[:, rows, cols]``); maybe hand back the pass itself.
 
     ``predict_at(x, scale)`` returns (K, H, W) probabilities at ``x``'s own size with the network
     run on ``x`` resized by ``scale``; ``segment(probs)`` returns instance labels. Returns the
-    estimate and, when the image was probed whole at the scale the estimate asks for, that probe's
-    probabilities (no further pass needed); else None, and the caller runs ``predict_at(x, scale)``.
+    estimate and, when the image was probed whole at the scale the estimate asks for, that
+    :class:`Probe` (probabilities and labels: no further pass, no second segmentation); else None,
+    and the caller runs ``predict_at(x, scale)``.
     """
     whole = max(x.shape[-2:]) <= PROBE_MAX_SIDE
     region = np.ascontiguousarray(np.asarray(x) if whole else centre_crop(x))
-    probes, probs_at = [], {}
+    probes, done = [], {}
     for s in PROBE_SCALES:
         if min(region.shape[-2:]) * s < 16:  # too small to say anything
             continue
         probs = predict_at(region, s)
-        probs_at[s] = probs
-        probes.append((s, object_diameters(segment(probs)) * s))  # in the probe's pixels
+        labels = segment(probs)
+        done[s] = Probe(probs, labels)
+        probes.append((s, object_diameters(labels) * s))  # in the probe's pixels
     diameter, n = pick_diameter(train_diameter, probes)
     scale = scale_for(diameter, train_diameter)
-    near = sorted(probs_at, key=lambda s: abs(np.log(scale / s)))
+    near = sorted(done, key=lambda s: abs(np.log(scale / s)))
     if whole and near and abs(np.log(scale / near[0])) <= np.log(REUSE_BAND):
-        return SizeEstimate(diameter=round(diameter, 2), scale=near[0], objects=n), probs_at[near[0]]
+        return SizeEstimate(diameter=round(diameter, 2), scale=near[0], objects=n), done[near[0]]
     return SizeEstimate(diameter=round(diameter, 2), scale=scale, objects=n), None
