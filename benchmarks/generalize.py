@@ -4,7 +4,8 @@ The DSB 2018 images are grouped by experiment once, in ``configs/dsb2018-groups.
 (``benchmarks/dsb_groups.py``). A run trained with ``data.exclude_groups`` never trained or
 validated on those groups; this script scores it on every image of them, per group and per
 modality, and on the run's own random-split held-out images (less those groups) for comparison.
-Both with the size estimate (``--diameter auto``) and without (``none``).
+Both with the size estimate (``--diameter auto``) and without (``none``); ``--modes oracle`` resizes each
+image by its true median nucleus diameter: what a perfect size estimate could give.
 
 Train the runs it compares (the group fold of record is ``FOLD0``; ``--print-commands`` prints them):
 
@@ -36,16 +37,28 @@ FOLD0 = ("bright-1024x1024", "colour-256x320-l", "fluo-360x360-l", "fluo-520x696
 
 
 def fold_commands(groups: tuple[str, ...] = FOLD0, epochs: int = 30) -> list[str]:
-    """The two training commands whose runs this script compares (today's recipe and the robust one)."""
+    """The training commands whose runs this script compares: today's recipe, the robust one (wide scale,
+    other labs' intensities) and the uneven one (other labs' intensities, uneven light and plateaus)."""
     ex = json.dumps(list(groups)).replace(" ", "")
     common = (f"biounet train --config configs/dsb2018-quick.toml --set data.groups=configs/dsb2018-groups.csv "
               f"--set 'data.exclude_groups={ex}' --set train.epochs={epochs}")
     robust = "--set augment.scale_range=[0.33,3] --set augment.context=true --set augment.degrade=true"
-    return [f"{common} --out runs/g0-base", f"{common} {robust} --out runs/g0-robust"]
+    uneven = "--set augment.degrade=true --set augment.uneven=true"
+    return [f"{common} --out runs/g0-base", f"{common} {robust} --out runs/g0-robust",
+            f"{common} {uneven} --out runs/g0-uneven"]
 
 
-def score(seg, items: list, groups: dict[str, str]) -> dict:
-    """DSB score / AP@0.5 over ``items``, and per group and per modality."""
+def oracle_diameter(seg, truth: np.ndarray) -> float:
+    """The median true object diameter of an image, kept within the resize --diameter allows."""
+    from biounet.size import MAX_SCALE, object_diameters
+
+    d = float(np.median(object_diameters(truth)))
+    return float(np.clip(d, seg.train_diameter / MAX_SCALE, seg.train_diameter * MAX_SCALE))
+
+
+def score(seg, items: list, groups: dict[str, str], oracle: bool = False) -> dict:
+    """DSB score / AP@0.5 over ``items``, and per group and per modality. ``oracle``: each image resized by
+    its true median nucleus diameter, a perfect size estimate (what better size estimation could give)."""
     from biounet.data.dataset import modality
     from biounet.metrics.instance import evaluate_instances
 
@@ -53,7 +66,8 @@ def score(seg, items: list, groups: dict[str, str]) -> dict:
     for item in items:
         image, truth = item.load()
         kinds[item.name] = MODALITY_NAMES[modality(image)]
-        preds.append((item.name, truth, seg.segment(image, item.name)))
+        s = seg.with_options(diameter=oracle_diameter(seg, truth)) if oracle else seg
+        preds.append((item.name, truth, s.segment(image, item.name)))
     summary, per_image = evaluate_instances(preds)
     by = {"group": defaultdict(list), "modality": defaultdict(list)}
     for r in per_image:
@@ -83,7 +97,9 @@ def evaluate(model: str, data: str, modes: list[str]) -> dict:
     out = {"model": model, "left_out_groups": list(left_out), "modes": {}}
     for mode in modes:
         s = seg.with_options(diameter="auto" if mode == "auto" else None)
-        out["modes"][mode] = {"left_out": score(s, unseen, groups), **({"held_out": score(s, held, groups)} if held else {})}
+        o = mode == "oracle"
+        out["modes"][mode] = {"left_out": score(s, unseen, groups, o),
+                              **({"held_out": score(s, held, groups, o)} if held else {})}
         print(f"  {Path(model).name} {mode}: {out['modes'][mode]}", file=sys.stderr, flush=True)
     return out
 
@@ -92,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[], help="run folder trained with data.exclude_groups (repeat)")
     ap.add_argument("--data", default=str(DSB_ZIP))
-    ap.add_argument("--modes", default="auto,none")
+    ap.add_argument("--modes", default="auto,none", help="auto (the size estimate), none (native), oracle "
+                    "(each image resized by its true median nucleus diameter: a perfect estimate)")
     ap.add_argument("--print-commands", action="store_true", help="print the training commands of fold 0 and stop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

@@ -397,6 +397,30 @@ def test_two_dask_workers_label_as_one_process_with_no_nucleus_cut_or_doubled_at
     assert same_up_to_renumbering(ngff.read_labels(store), one)
 
 
+def test_predict_workers_starts_one_cluster_for_all_its_files(seg, tmp_path, monkeypatch):
+    """--workers 2 on several files: one local cluster for the run (not one per file), and each file's labels
+    equal one process's."""
+    distributed = pytest.importorskip("distributed")
+    started = []
+
+    class Counted(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr("dask.distributed.LocalCluster", Counted)
+    monkeypatch.setattr("biounet.postprocess.blockwise_layout", lambda diameter: (128, 40))
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"img{i}.tif", touching_across_seams() if i else nuclei(3))
+    res = runner.invoke(app, ["predict", "--model", "dsb2018-nuclei", "--diameter", "none", "--workers", "2",
+                              "--out", str(tmp_path / "two"), str(tmp_path / "img0.tif"), str(tmp_path / "img1.tif")])
+    assert res.exit_code == 0, res.output
+    assert started == [1]
+    for i in range(2):
+        one, = P.predict_file(seg, tmp_path / f"img{i}.tif", tmp_path / "one", P.OutputOptions(), workers=1)
+        assert same_up_to_renumbering(tifffile.imread(one), tifffile.imread(tmp_path / "two" / f"img{i}.tif"))
+
+
 def test_blocks_run_on_a_running_cluster_given_its_scheduler_address(seg, tmp_path, monkeypatch):
     """--scheduler ADDRESS (a SLURM cluster through dask-jobqueue, in use) takes the same block loop: labels
     equal to one process's; an address nothing listens on is one line."""

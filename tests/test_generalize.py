@@ -114,6 +114,28 @@ def test_degrade_draws_cover_blur_noise_and_low_contrast():
     assert blurred and noisy and low
 
 
+def test_uneven_dims_by_a_smooth_gain_and_lifts_soft_plateaus_keeping_the_labels():
+    from biounet.data.transforms import random_uneven
+
+    img = np.zeros((128, 128, 1), np.float32)
+    img[::16, ::16] = 1.0  # a grid of one-pixel "nuclei" samples the gain everywhere
+    labels = (img[..., 0] > 0).astype(np.int32)
+    dimmed = lifted = False
+    for s in range(40):
+        out = random_uneven(img, np.random.default_rng(s))
+        assert out.shape == img.shape and out.dtype == np.float32
+        surround = np.minimum.reduce([out[1::16, 1::16], out[::16, 1::16], out[1::16, ::16]])
+        peaks = (out[::16, ::16] - surround)[..., 0]  # each nucleus above its own surroundings
+        # the gain stays within x0.25..x1 (a plateau's soft edge may tilt one pixel's surround by up to ~0.12)
+        assert peaks.max() <= 1.0 + 0.12 and peaks.min() >= 0.25 - 0.12
+        dimmed |= bool(peaks.min() < 0.6 and peaks.max() > 0.8)  # faint beside bright in one patch
+        lifted |= bool(0.14 < np.ptp(out[1::16, 1::16]) <= 0.51)  # background lifted in places, not all
+    assert dimmed and lifted
+    cfg = AugmentConfig(flips=False, rot90=False, affine=False, elastic=False, intensity=False, uneven=True)
+    a, lab = augment(img, labels, np.random.default_rng(5), cfg)
+    assert np.array_equal(lab, labels) and np.array_equal(a, random_uneven(img, np.random.default_rng(5)))
+
+
 @pytest.mark.parametrize("name", ["x0.5", "x3", "gamma2", "contrast0.3", "poisson", "gauss", "blur2"])
 def test_robustness_transforms_keep_image_and_truth_aligned(name):
     from robustness import transform
@@ -222,3 +244,17 @@ def test_finetune_benchmark_scores_the_group_before_and_after_with_a_scratch_row
         assert r["scored"] == n_b - r["k"] and all(mapping[name] == "b" for name in r["train"])
         assert 0.0 <= r["after"]["dsb_score"] <= 1.0
     assert all("before" in r for r in runs[:2]) and "commit" in payload
+
+
+def test_the_oracle_diameter_is_the_true_median_kept_within_the_allowed_resize():
+    from types import SimpleNamespace
+
+    from generalize import oracle_diameter
+
+    seg = SimpleNamespace(train_diameter=20.0)
+    truth = np.zeros((100, 100), np.int32)
+    truth[0:10, 0:10], truth[20:30, 20:30], truth[50:70, 50:70] = 1, 2, 3  # areas 100, 100, 400
+    assert oracle_diameter(seg, truth) == pytest.approx(2 * np.sqrt(100 / np.pi))
+    big = np.zeros((400, 400), np.int32)
+    big[:300, :300] = 1  # 338 px across: beyond 4x the training size
+    assert oracle_diameter(seg, big) == pytest.approx(80.0)

@@ -8,6 +8,7 @@ command, so commands call the library directly.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -202,11 +203,11 @@ def predict(
     import time
 
     started = time.perf_counter()
-    from .io import InputError
     from .big import check_out_format, check_zarr_outputs
     from .formats import PlanePick
+    from .parallel import local_cluster
     from .predict import (OutputOptions, PredictOptions, check_device, check_outputs, expand_inputs, load_model,
-                          parse_diameter, predict_file)
+                          parse_diameter)
 
     if outlines is not None and outlines not in ("imagej", "geojson"):
         _fail(f"--outlines must be imagej or geojson, got {outlines!r}")
@@ -250,27 +251,12 @@ def predict(
     mine = todo[rank::world]  # under torchrun each process takes every world-th file
     opts = OutputOptions(probabilities=probabilities, overlays=overlays, measure=measure, pixel_size=pixel_size,
                          outlines=outlines)
-    from tqdm.auto import tqdm
-
     failed: list[str] = []
     objects: list[int] = []  # per image, instance outputs only
-    # a bar on a terminal only (disable=None): redirected to a log, it would fill it
-    for path in tqdm(mine, desc="images", disable=True if len(mine) < 2 or rank > 0 else None):
-        try:
-            written = predict_file(seg, path, out, opts, channel, pick=pick, out_format=out_format,
-                                   workers=scheduler or workers)
-        except InputError as exc:  # one bad file does not stop the batch
-            failed.append(str(exc))
-            continue
-        except OSError as exc:  # disk full, permissions: name the file, keep the rest going
-            failed.append(f"{path}: {exc.strerror or exc}")
-            continue
-        for w in written:
-            logging.getLogger("biounet").info("wrote %s", w)
-        n = _object_count(written[0])
-        if n is not None:
-            objects.append(n)
-            tqdm.write(f"{path.name}: {n} object(s) -> {written[0]}")
+    with contextlib.ExitStack() as run:
+        # --workers N > 1: one local cluster for the whole run, every file's blocks go to it
+        where = scheduler or (run.enter_context(local_cluster(workers)) if workers > 1 and mine else workers)
+        _predict_files(seg, mine, out, opts, channel, pick, out_format, where, failed, objects, rank)
     done = len(mine) - len(failed)
     found = f", {sum(objects)} object(s)" if objects else ""
     took = f" in {time.perf_counter() - started:.1f} s"
@@ -326,6 +312,33 @@ def _set_threads(threads: int, share: int = 1) -> None:
     if threads < 0:
         _fail(f"--threads must be >= 0, got {threads}")
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // share))
+
+
+
+def _predict_files(seg, files: list[Path], out: Path, opts, channel: Optional[int], pick, out_format: str, workers,
+                   failed: list[str], objects: list[int], rank: int) -> None:
+    """predict's loop: each file in turn; a bad file is recorded in ``failed`` and the rest go on."""
+    from tqdm.auto import tqdm
+
+    from .io import InputError
+    from .predict import predict_file
+
+    # a bar on a terminal only (disable=None): redirected to a log, it would fill it
+    for path in tqdm(files, desc="images", disable=True if len(files) < 2 or rank > 0 else None):
+        try:
+            written = predict_file(seg, path, out, opts, channel, pick=pick, out_format=out_format, workers=workers)
+        except InputError as exc:  # one bad file does not stop the batch
+            failed.append(str(exc))
+            continue
+        except OSError as exc:  # disk full, permissions: name the file, keep the rest going
+            failed.append(f"{path}: {exc.strerror or exc}")
+            continue
+        for w in written:
+            logging.getLogger("biounet").info("wrote %s", w)
+        n = _object_count(written[0])
+        if n is not None:
+            objects.append(n)
+            tqdm.write(f"{path.name}: {n} object(s) -> {written[0]}")
 
 
 @command()

@@ -134,6 +134,9 @@ class AugmentConfig:
     # other labs' images (transforms.random_degrade): wide gamma (0.5-2), low contrast (down to x0.3),
     # blur and Gaussian or Poisson-like noise, each on a share of the patches, after ``intensity``
     degrade: bool = False
+    # uneven images (transforms.random_uneven): a smooth illumination gain (x0.25-1) and large soft bright
+    # plateaus (cytoplasm under brightfield nuclei), each on half the patches, after ``degrade``
+    uneven: bool = False
 
     def __post_init__(self) -> None:
         lo_hi = self.scale_range

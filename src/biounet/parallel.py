@@ -16,6 +16,7 @@ any block runs, so every block is normalised and rescaled alike.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -143,35 +144,76 @@ def make_plan(seg: Any, raw: Any, path: str | Path, channel: int | None, pick: A
     return plan, size
 
 
-def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int | str) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+@dataclass(frozen=True)
+class Scheduler:
+    """A running dask.distributed cluster to send blocks to: its scheduler address and, for a local one,
+    the torch threads each of its single-threaded worker processes may use (None: leave theirs)."""
+
+    address: str
+    threads: int | None = None
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Scheduler]:
+    """A local cluster of ``workers`` processes for a whole run (started once, used by every file)."""
+    try:
+        from dask.distributed import LocalCluster
+    except ImportError:
+        raise InputError("--workers needs dask.distributed: pip install 'biounet[dask]'") from None
+    quiet = logging.getLogger("distributed")  # its start and shutdown chatter (the scheduler runs in this process)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+            yield Scheduler(cluster.scheduler_address, threads=max(1, len(os.sched_getaffinity(0)) // workers))
+    finally:
+        quiet.setLevel(level)
+
+
+def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int | str | Scheduler) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
     """Every block's result, in raster order: computed here (``workers`` <= 1), on a local cluster of
-    ``workers`` processes, or on the running cluster whose scheduler address ``workers`` is (a string,
-    ``predict --scheduler tcp://host:8786``: e.g. a SLURM cluster started with dask-jobqueue)."""
+    ``workers`` processes started for this image, on a :class:`Scheduler` (:func:`local_cluster`, started
+    once for a run of many files), or on the running cluster whose scheduler address ``workers`` is (a
+    string, ``predict --scheduler tcp://host:8786``: e.g. a SLURM cluster started with dask-jobqueue)."""
     corners = plan.corners()
     if isinstance(workers, str):
+        workers = Scheduler(workers)
+    if isinstance(workers, Scheduler):
         yield from _on_scheduler(seg, plan, corners, workers)
         return
     if workers <= 1:
         for y, x in corners:
             yield block_result(seg, plan, y, x, raw)
         return
+    with local_cluster(workers) as cluster:
+        yield from _on_scheduler(seg, plan, corners, cluster)
+
+
+def _on_scheduler(seg: Any, plan: BlockPlan, corners: list, scheduler: Scheduler) -> Iterator:
+    """Blocks on a running dask.distributed cluster: its workers must reach the image's path."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError:
-        raise InputError("--workers needs dask.distributed: pip install 'biounet[dask]'") from None
-    clean = dataclasses.replace(seg)  # without the cached fast copy of the network: the workers build their own
-    plan = dataclasses.replace(plan, threads=max(1, len(os.sched_getaffinity(0)) // workers))
-    quiet = logging.getLogger("distributed")  # its start and shutdown chatter (the scheduler runs in this process)
+        raise InputError("--scheduler needs dask.distributed: pip install 'biounet[dask]'") from None
+    quiet = logging.getLogger("distributed")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            seg_future = client.scatter(clean, broadcast=True)
-            todo = deque(corners)
-            running: deque = deque()
+        client = Client(scheduler.address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        quiet.setLevel(level)
+        raise InputError(f"--scheduler {scheduler.address}: cannot connect ({exc})") from None
+    if scheduler.threads:
+        plan = dataclasses.replace(plan, threads=scheduler.threads)
+    try:
+        with client:
+            n = max(1, len(client.scheduler_info().get("workers", {})))
+            # without the cached fast copy of the network: the workers build their own
+            seg_future = client.scatter(dataclasses.replace(seg), broadcast=True)
+            todo, running = deque(corners), deque()
             while todo or running:
-                while todo and len(running) < IN_FLIGHT * workers:
+                while todo and len(running) < IN_FLIGHT * n:
                     y, x = todo.popleft()
                     running.append(client.submit(block_result, seg_future, plan, y, x, pure=False))
                 yield running.popleft().result()
@@ -179,28 +221,7 @@ def _results(seg: Any, plan: BlockPlan, raw: Any, workers: int | str) -> Iterato
         quiet.setLevel(level)
 
 
-def _on_scheduler(seg: Any, plan: BlockPlan, corners: list, address: str) -> Iterator:
-    """Blocks on an existing dask.distributed cluster: its workers must reach the image's path."""
-    try:
-        from dask.distributed import Client
-    except ImportError:
-        raise InputError("--scheduler needs dask.distributed: pip install 'biounet[dask]'") from None
-    try:
-        client = Client(address, timeout=10)
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"--scheduler {address}: cannot connect ({exc})") from None
-    with client:
-        n = max(1, len(client.scheduler_info().get("workers", {})))
-        seg_future = client.scatter(dataclasses.replace(seg), broadcast=True)
-        todo, running = deque(corners), deque()
-        while todo or running:
-            while todo and len(running) < IN_FLIGHT * n:
-                y, x = todo.popleft()
-                running.append(client.submit(block_result, seg_future, plan, y, x, pure=False))
-            yield running.popleft().result()
-
-
-def run_blocks(seg: Any, plan: BlockPlan, raw: Any, out: Any, workers: int | str = 1, progress: bool = False) -> Any:
+def run_blocks(seg: Any, plan: BlockPlan, raw: Any, out: Any, workers: int | str | Scheduler = 1, progress: bool = False) -> Any:
     """Fill ``out`` ((H, W) labels or mask, (K, H, W) probabilities; zero-filled) block by block; returns it."""
     from tqdm.auto import tqdm
 

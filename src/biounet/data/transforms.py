@@ -434,6 +434,51 @@ def random_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=image.dtype)
 
 
+def random_uneven(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uneven images: a smooth illumination gain and bright plateaus, each on half the patches.
+
+    Tissue and wide fields are lit unevenly, so faint nuclei lie beside bright ones; in brightfield (inverted
+    to "nuclei bright") each nucleus sits on its cell's cytoplasm, a large mid-grey plateau that a network
+    trained on fluorescence takes for one big nucleus. The gain multiplies the image above its minimum by a
+    field that varies smoothly between x0.25 and x1 (log-uniform on a coarse 2-4 node grid, spline
+    interpolated). The plateaus are large soft blobs (a blurred noise field above one of its quantiles,
+    edges softened over 2-6 px) added at 0.15-0.5 of the image's range, over nuclei and background alike,
+    so what stays a nucleus is what is brighter than its own surroundings. Labels are unaffected.
+
+    Args:
+        image: ``(H, W, C)`` floating image.
+        rng: source of randomness; the same seed gives the same result.
+
+    Returns:
+        New C-contiguous image, same shape and dtype.
+    """
+    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    gain_on, plateau_on = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    nodes = int(rng.integers(2, 5))
+    coarse = np.exp(rng.uniform(np.log(0.25), 0.0, size=(nodes, nodes)))
+    seed_field = rng.standard_normal((max(1, h // 8), max(1, w // 8)))
+    quantile, soft, amp = float(rng.uniform(0.4, 0.8)), float(rng.uniform(2.0, 6.0)), float(rng.uniform(0.15, 0.5))
+
+    out = np.array(image, order="C", copy=True)
+    lo, hi = float(out.min()), float(out.max())
+    span = hi - lo
+    if span <= 0 or not np.isfinite(span):
+        return out
+    if gain_on:
+        gain = ndi.zoom(coarse, (h / nodes, w / nodes), order=1, mode="nearest", grid_mode=True)[:h, :w]
+        gain = np.clip(gain, 0.25, 1.0).astype(image.dtype)
+        out = (lo + (out - lo) * gain[..., None]).astype(image.dtype)
+    if plateau_on:
+        field = ndi.gaussian_filter(seed_field, sigma=max(1.0, min(seed_field.shape) / 6), mode="wrap")
+        field = ndi.zoom(field, (h / field.shape[0], w / field.shape[1]), order=1, mode="nearest", grid_mode=True)[:h, :w]
+        blobs = (field > np.quantile(field, quantile)).astype(np.float32)
+        blobs = ndi.gaussian_filter(blobs, sigma=soft, mode="reflect")
+        out = (out + (amp * span) * blobs[..., None]).astype(image.dtype)
+    return np.ascontiguousarray(out, dtype=image.dtype)
+
+
 def random_stain(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """H&E stain jitter of a raw RGB image (Tellez et al. 2018, "HED" augmentation).
 
@@ -566,4 +611,6 @@ def augment(
         image = random_intensity(image, rng)
     if cfg.degrade:
         image = random_degrade(image, rng)
+    if cfg.uneven:
+        image = random_uneven(image, rng)
     return image, labels
