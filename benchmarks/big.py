@@ -89,15 +89,15 @@ def run(args: list[str]) -> tuple[float, float, str]:
 def same_up_to_renumbering(a: Any, b: Any, strip: int = 2048) -> bool:
     """Whether two (H, W) label arrays (zarr, read a strip of rows at a time) hold the same objects: the
     pairs of ids that overlap anywhere form a one-to-one map, 0 onto 0 only."""
-    pairs: set[tuple[int, int]] = set()
+    keys = []
     for y in range(0, a.shape[0], strip):
         sa, sb = np.asarray(a[y:y + strip]).astype(np.int64), np.asarray(b[y:y + strip]).astype(np.int64)
         if not np.array_equal(sa > 0, sb > 0):
             return False
-        pairs.update(map(tuple, np.unique(np.stack([sa.ravel(), sb.ravel()]), axis=1).T.tolist()))
-    left = [p[0] for p in pairs]
-    right = [p[1] for p in pairs]
-    return len(set(left)) == len(set(right)) == len(pairs)
+        fg = sa > 0
+        keys.append(np.unique((sa[fg] << 32) | sb[fg]))  # each overlapping pair of ids as one number
+    pairs = np.unique(np.concatenate(keys))
+    return len(np.unique(pairs >> 32)) == len(np.unique(pairs & 0xFFFFFFFF)) == len(pairs)
 
 
 def seam_contacts(labels: Any, lines: list[int], strip: int = 2048) -> float:
