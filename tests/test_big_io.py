@@ -480,3 +480,20 @@ def test_a_killed_workers_block_is_recomputed_and_the_output_is_complete(seg, tm
                               workers=cluster.scheduler_address)
     assert marker.exists()  # a worker did die
     assert same_up_to_renumbering(tifffile.imread(one), tifffile.imread(far))
+
+
+def test_the_big_benchmark_compares_labels_whole_and_counts_objects_cut_at_seams():
+    """benchmarks/big.py's checks on hand-made labels: renumbering is the same labels, a merge or a split is
+    not; a nucleus cut in two at a line is one touching pair there, separate nuclei are none."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from big import count_objects, same_up_to_renumbering, seam_contacts
+
+    a = np.zeros((8, 8), np.int32)
+    a[1:3, 1:3], a[5:7, 1:7] = 1, 2
+    assert same_up_to_renumbering(a, np.where(a > 0, 9 - a, 0), strip=3)
+    split = a.copy()
+    split[5:7, 4:7] = 3  # object 2 cut at column 4
+    assert not same_up_to_renumbering(a, split, strip=3)
+    assert not same_up_to_renumbering(split, a, strip=3)  # a merge, seen from the other side
+    assert seam_contacts(split, [4], strip=3) == 0.5  # one pair across column 4, none across row 4
+    assert seam_contacts(a, [4], strip=3) == 0.0 and count_objects(split, strip=3) == 3
