@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     "--json, rows that file already holds and whose output is here are not run again")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if sum(r.startswith("zarr-") for r in args.rows.split(",")) > 1:
+        ap.error("one zarr row at most: each writes its labels into the input store, over the last one's")
     from biounet.ngff import open_labels
     from biounet.postprocess import blockwise_layout
 
@@ -141,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        if args.work and (work / "mosaic.ome.tif").exists() and (work / "mosaic.ome.zarr" / "0").exists():
-            inputs = {"tiff": work / "mosaic.ome.tif", "zarr": work / "mosaic.ome.zarr"}  # made by mosaic(): same
+        kept = {"tiff": work / "mosaic.ome.tif", "zarr": work / "mosaic.ome.zarr"}
+        if args.work and kept["tiff"].exists() and (kept["zarr"] / "0").exists() and \
+                open_labels_shape(kept["zarr"]) == (args.side, args.side):
+            inputs = kept  # made by mosaic() at this side: the same image
         else:
             inputs = write_inputs(mosaic(args.side), work)
             print(f"inputs written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -187,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                       "seam_check": "contacts = pairs of different objects touching across a line; an object cut "
                                     "at block seams would raise the seam count above the tile-line count"})
     return 0
+
+
+def open_labels_shape(store: Path) -> tuple[int, ...]:
+    """The shape of an OME-Zarr image's full-resolution array (the mosaic kept in a --work folder)."""
+    import zarr
+
+    return tuple(zarr.open_array(str(store / "0"), mode="r").shape)
 
 
 def count_objects(labels: Any, strip: int = 2048) -> int:

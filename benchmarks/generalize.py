@@ -52,8 +52,10 @@ def oracle_diameter(seg, truth: np.ndarray) -> float:
     """The median true object diameter of an image, kept within the resize --diameter allows."""
     from biounet.size import MAX_SCALE, object_diameters
 
-    d = float(np.median(object_diameters(truth)))
-    return float(np.clip(d, seg.train_diameter / MAX_SCALE, seg.train_diameter * MAX_SCALE))
+    d = object_diameters(truth)
+    if not len(d) or not seg.train_diameter:  # nothing to measure: as --diameter none would
+        return seg.train_diameter or None
+    return float(np.clip(np.median(d), seg.train_diameter / MAX_SCALE, seg.train_diameter * MAX_SCALE))
 
 
 def score(seg, items: list, groups: dict[str, str], oracle: bool = False) -> dict:

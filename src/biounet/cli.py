@@ -314,7 +314,6 @@ def _set_threads(threads: int, share: int = 1) -> None:
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // share))
 
 
-
 def _predict_files(seg, files: list[Path], out: Path, opts, channel: Optional[int], pick, out_format: str, workers,
                    failed: list[str], objects: list[int], rank: int) -> None:
     """predict's loop: each file in turn; a bad file is recorded in ``failed`` and the rest go on."""

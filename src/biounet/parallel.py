@@ -76,17 +76,22 @@ def open_plane(path: str | Path, channel: int | None = None, pick: Any = None) -
     return stack[0], lambda: None
 
 
-_OPENED: dict[tuple, Any] = {}  # per process: the planes this worker has opened, by (path, channel, pick)
+# per process: the plane this worker has open, (key, plane, close); one cluster serves a run of many files, so
+# a worker keeps only the file its blocks now come from and closes the one before
+_OPENED: list = []
 
 
 def _plane(plan: BlockPlan) -> Any:
     key = (plan.path, plan.channel, plan.pick)
-    if key not in _OPENED:
+    if not _OPENED or _OPENED[0] != key:
         import torch
 
         torch.set_num_threads(plan.threads)
-        _OPENED[key] = open_plane(plan.path, plan.channel, plan.pick)[0]
-    return _OPENED[key]
+        if _OPENED:
+            _OPENED[2]()
+            _OPENED.clear()
+        _OPENED.extend((key, *open_plane(plan.path, plan.channel, plan.pick)))
+    return _OPENED[1]
 
 
 def block_result(seg: Any, plan: BlockPlan, y: int, x: int, raw: Any = None) -> tuple[tuple[int, int], np.ndarray]:
@@ -151,6 +156,7 @@ class Scheduler:
 
     address: str
     threads: int | None = None
+    workers: int | None = None  # how many, for a local one (None: ask the scheduler)
 
 
 @contextlib.contextmanager
@@ -166,7 +172,8 @@ def local_cluster(workers: int) -> Iterator[Scheduler]:
     try:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-            yield Scheduler(cluster.scheduler_address, threads=max(1, len(os.sched_getaffinity(0)) // workers))
+            yield Scheduler(cluster.scheduler_address, threads=max(1, len(os.sched_getaffinity(0)) // workers),
+                            workers=workers)
     finally:
         quiet.setLevel(level)
 
@@ -196,19 +203,20 @@ def _on_scheduler(seg: Any, plan: BlockPlan, corners: list, scheduler: Scheduler
         from dask.distributed import Client
     except ImportError:
         raise InputError("--scheduler needs dask.distributed: pip install 'biounet[dask]'") from None
-    quiet = logging.getLogger("distributed")
+    local = scheduler.workers is not None
+    quiet = logging.getLogger("distributed")  # a local cluster's chatter; a remote one's warnings are the user's
     level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    if local:
+        quiet.setLevel(logging.ERROR)
     try:
-        client = Client(scheduler.address, timeout=10)
-    except (OSError, TimeoutError) as exc:
-        quiet.setLevel(level)
-        raise InputError(f"--scheduler {scheduler.address}: cannot connect ({exc})") from None
-    if scheduler.threads:
-        plan = dataclasses.replace(plan, threads=scheduler.threads)
-    try:
+        try:
+            client = Client(scheduler.address, timeout=10)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"--scheduler {scheduler.address}: cannot connect ({exc})") from None
+        if scheduler.threads:
+            plan = dataclasses.replace(plan, threads=scheduler.threads)
         with client:
-            n = max(1, len(client.scheduler_info().get("workers", {})))
+            n = scheduler.workers or max(1, len(client.nthreads()))
             # without the cached fast copy of the network: the workers build their own
             seg_future = client.scatter(dataclasses.replace(seg), broadcast=True)
             todo, running = deque(corners), deque()

@@ -552,7 +552,7 @@ def _kind(seg: Segmenter, opts: OutputOptions) -> str:
 
 
 def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
-                 channel: int | None = None, pick: Any = None, out_format: str = "tif", workers: int | str = 0) -> list[Path]:
+                 channel: int | None = None, pick: Any = None, out_format: str = "tif", workers: Any = 0) -> list[Path]:
     """Predict one image, TIFF stack, OME-Zarr store or CZI/ND2/LIF file; writes ``<stem>.tif`` (+ overlay);
     returns written paths (the result first).
 
@@ -564,7 +564,8 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
     the labels of an OME-Zarr input go into its own store as ``labels/<model>`` (:mod:`biounet.ngff`);
     tables, outlines and overlays still go to ``out_dir`` (the folder of an ``.zarr`` ``out_dir``).
     ``workers`` > 0 predicts the (one) image block by block, with that many processes
-    (:mod:`biounet.parallel`; 1: in this one), whatever its size.
+    (:mod:`biounet.parallel`; 1: in this one), whatever its size; a scheduler address or
+    :class:`biounet.parallel.Scheduler` sends the blocks to that running cluster.
     """
     from .big import side_folder, write_zarr, zarr_output
     from .formats import describe, open_source
@@ -626,7 +627,7 @@ def predict_file(seg: Segmenter, path: Path, out_dir: Path, opts: OutputOptions,
 
 
 def predict_large(seg: Segmenter, raw: Any, dest: Path, opts: OutputOptions, name: str,
-                  zarr_out: Any = None, workers: int | str = 0, where: tuple | None = None) -> list[Path]:
+                  zarr_out: Any = None, workers: Any = 0, where: tuple | None = None) -> list[Path]:
     """Stream one huge 2D image: tiles -> memory-mapped probabilities -> block-wise mask/labels -> TIFF.
 
     Peak memory is a few tiles plus one block, whatever the image size; the
