@@ -61,14 +61,19 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
 def pick_diameter(train_diameter: float, probes: list[tuple[float, np.ndarray]]) -> tuple[float, int]:
     """(estimated diameter in image px, objects it rests on) from ``(scale, diameters in probe px)`` probes.
 
-    The trusted probe is the one whose median object is closest, on a log scale, to the training
-    diameter: there the network sees objects as it learned them. (0, 0) when no probe has
+    The trusted probe is the finest one whose median object lies within x/÷ ``NATIVE_BAND`` of the
+    training diameter (a size the network knows), else the one whose median is closest to it on a log
+    scale. Finest first, because a coarse probe can find objects of a training-like size that are not
+    nuclei: at 0.25x, brightfield cells (their cytoplasm a plateau around the nucleus) shrink to the
+    training size, while the native probe already measured the nuclei. (0, 0) when no probe has
     ``MIN_OBJECTS`` objects.
     """
     usable = [(s, d) for s, d in probes if len(d) >= MIN_OBJECTS]
     if not usable or train_diameter <= 0:
         return 0.0, 0
-    s, d = min(usable, key=lambda p: abs(np.log(np.median(p[1]) / train_diameter)))
+    off = {s: abs(np.log(np.median(d) / train_diameter)) for s, d in usable}
+    known = [(s, d) for s, d in usable if off[s] <= np.log(NATIVE_BAND)]
+    s, d = max(known, key=lambda p: p[0]) if known else min(usable, key=lambda p: off[p[0]])
     return float(np.median(d) / s), len(d)
 
 
