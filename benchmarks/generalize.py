@@ -11,11 +11,14 @@ Train the runs it compares (the group fold of record is ``FOLD0``; ``--print-com
 
     biounet train --config configs/dsb2018-quick.toml --set data.groups=configs/dsb2018-groups.csv \\
         --set 'data.exclude_groups=[...FOLD0...]' --set train.epochs=30 --out runs/g0-base
-    ... the same with configs/dsb2018-robust.toml's augmentation --out runs/g0-robust
+    ... the same with wide scale (0.33-3x, context) and augment.degrade --out runs/g0-robust (first try)
+    ... the same with augment.degrade and augment.uneven --out runs/g0-uneven (configs/dsb2018-robust.toml's)
+    ... g0-base again with --set train.seed=1 --set data.split_seed=0 --out runs/g0-base-s1 (the seed spread)
 
 then
 
-    python benchmarks/generalize.py --model runs/g0-base --model runs/g0-robust --json benchmarks/results-generalize.json
+    python benchmarks/generalize.py --model runs/g0-base --model runs/g0-base-s1 --model runs/g0-robust \
+        --model runs/g0-uneven --modes none,auto,oracle --json benchmarks/results-generalize.json
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def fold_commands(groups: tuple[str, ...] = FOLD0, epochs: int = 30) -> list[str
     robust = "--set augment.scale_range=[0.33,3] --set augment.context=true --set augment.degrade=true"
     uneven = "--set augment.degrade=true --set augment.uneven=true"
     return [f"{common} --out runs/g0-base", f"{common} {robust} --out runs/g0-robust",
-            f"{common} {uneven} --out runs/g0-uneven"]
+            f"{common} {uneven} --out runs/g0-uneven",
+            f"{common} --set train.seed=1 --set data.split_seed=0 --out runs/g0-base-s1"]
 
 
 def oracle_diameter(seg, truth: np.ndarray) -> float:
