@@ -33,16 +33,18 @@ def test_object_diameters_of_disks_and_of_nothing():
 
 
 @pytest.mark.parametrize("probes,expect", [
-    # the finest probe whose median is a size the network knows (x/÷ 2.25 of 20) is trusted
-    ([(1.0, [6.0] * 5), (0.5, [18.0] * 5), (0.25, [9.0] * 5)], 36.0),  # 0.5 sees 18 -> 36 in the image
+    # the finest probe that the next coarser one confirms (same size in image px, within x/÷ 1.3) is trusted
     ([(1.0, [21.0] * 5), (0.5, [11.0] * 5)], 21.0),
-    # brightfield: native sees the nuclei (24); at 0.25 whole cells shrink to 19, nearer 20 but not nuclei
+    ([(1.0, [60.0] * 5), (0.5, [30.0] * 5), (0.25, [15.0] * 5)], 60.0),  # large nuclei, seen alike at all scales
+    ([(1.0, [6.0] * 5), (0.5, [18.0] * 5), (0.25, [9.0] * 5)], 36.0),  # native sees fragments; 0.5 and 0.25 agree
+    # brightfield: native and 0.5 see the nuclei (24, 30); at 0.25 whole cells shrink to 19, nearer 20 but alone
     ([(1.0, [24.0] * 5), (0.5, [15.0] * 5), (0.25, [19.0] * 5)], 24.0),
-    ([(1.0, [60.0] * 5), (0.5, [30.0] * 5), (0.25, [15.0] * 5)], 60.0),  # large nuclei: 0.5 is the finest known
-    ([(1.0, [100.0] * 5), (0.5, [50.0] * 5), (0.25, [47.0] * 5)], 188.0),  # none known: the nearest
+    # nuclei far too large for native: it finds training-sized specks (17); 0.5 and 0.25 agree on 152-156
+    ([(1.0, [17.0] * 5), (0.5, [76.0] * 5), (0.25, [39.0] * 5)], 152.0),
+    ([(1.0, [100.0] * 5), (0.5, [30.0] * 5), (0.25, [47.0] * 5)], 60.0),  # none confirmed: the nearest
     ([(1.0, [40.0] * 2), (0.5, [20.0] * 2)], 0.0),  # fewer than MIN_OBJECTS everywhere: no estimate
 ])
-def test_pick_diameter_trusts_the_finest_probe_of_a_known_size(probes, expect):
+def test_pick_diameter_trusts_the_finest_confirmed_probe(probes, expect):
     d, _ = S.pick_diameter(20.0, [(s, np.array(v)) for s, v in probes])
     assert d == pytest.approx(expect)
 

@@ -23,6 +23,7 @@ PROBE_SCALES = (1.0, 0.5, 0.25)  # a full pass, a quarter and a sixteenth of its
 # configs/dsb2018-groups.csv) lie within x/÷ 2.3 of their 22 px median; resizing such images towards the
 # median cost held-out score before (benchmarks/tried/dsb-scale.json: 0.593 at x/÷ 1.3, 0.606 at 2.5, 0.6125 never)
 NATIVE_BAND = 2.25
+AGREE = 1.3  # two probes whose medians (in image px) are this close confirm each other
 REUSE_BAND = 1.25  # a probe this close to the wanted scale is used as the pass (training zooms x0.8-1.25)
 PROBE_MAX_SIDE = 1024  # larger images are probed on their central crop this size
 MIN_OBJECTS = 3  # a probe with fewer objects says nothing about size
@@ -61,19 +62,23 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
 def pick_diameter(train_diameter: float, probes: list[tuple[float, np.ndarray]]) -> tuple[float, int]:
     """(estimated diameter in image px, objects it rests on) from ``(scale, diameters in probe px)`` probes.
 
-    The trusted probe is the finest one whose median object lies within x/÷ ``NATIVE_BAND`` of the
-    training diameter (a size the network knows), else the one whose median is closest to it on a log
-    scale. Finest first, because a coarse probe can find objects of a training-like size that are not
-    nuclei: at 0.25x, brightfield cells (their cytoplasm a plateau around the nucleus) shrink to the
-    training size, while the native probe already measured the nuclei. (0, 0) when no probe has
-    ``MIN_OBJECTS`` objects.
+    An estimate is trusted when the next coarser probe confirms it: objects measured right at one
+    scale measure the same in image pixels at half that scale (within x/÷ ``AGREE``). The finest
+    confirmed probe wins, and with it the detail of that scale. Without confirmation anywhere, the
+    probe whose median is closest to the training diameter on a log scale wins. Why not always the
+    closest: a coarse probe can find training-sized objects that are not nuclei (at 0.25x,
+    brightfield cells, their cytoplasm a plateau around the nucleus), and a fine probe can find
+    training-sized specks on nuclei far too large for it; neither is confirmed by its neighbour.
+    (0, 0) when no probe has ``MIN_OBJECTS`` objects.
     """
-    usable = [(s, d) for s, d in probes if len(d) >= MIN_OBJECTS]
+    usable = sorted(((s, d) for s, d in probes if len(d) >= MIN_OBJECTS), key=lambda p: -p[0])
     if not usable or train_diameter <= 0:
         return 0.0, 0
-    off = {s: abs(np.log(np.median(d) / train_diameter)) for s, d in usable}
-    known = [(s, d) for s, d in usable if off[s] <= np.log(NATIVE_BAND)]
-    s, d = max(known, key=lambda p: p[0]) if known else min(usable, key=lambda p: off[p[0]])
+    in_image = [float(np.median(d) / s) for s, d in usable]
+    for i in range(len(usable) - 1):
+        if abs(np.log(in_image[i] / in_image[i + 1])) <= np.log(AGREE):
+            return in_image[i], len(usable[i][1])
+    s, d = min(usable, key=lambda p: abs(np.log(np.median(p[1]) / train_diameter)))
     return float(np.median(d) / s), len(d)
 
 
