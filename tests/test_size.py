@@ -41,7 +41,12 @@ def test_object_diameters_of_disks_and_of_nothing():
     ([(1.0, [24.0] * 5), (0.5, [15.0] * 5), (0.25, [19.0] * 5)], 24.0),
     # nuclei far too large for native: it finds training-sized specks (17); 0.5 and 0.25 agree on 152-156
     ([(1.0, [17.0] * 5), (0.5, [76.0] * 5), (0.25, [39.0] * 5)], 152.0),
-    ([(1.0, [100.0] * 5), (0.5, [30.0] * 5), (0.25, [47.0] * 5)], 60.0),  # none confirmed: the nearest
+    # none confirmed: the finest probe that sees a size the network knows (x/÷ 2.25 of 20). Brightfield
+    # as the fold-0 networks saw it: nuclei (31) at native, cells at 0.5 (48) and 0.25 (87, i.e. 22 px)
+    ([(1.0, [31.0] * 5), (0.5, [24.0] * 5), (0.25, [22.0] * 5)], 31.0),
+    ([(1.0, [100.0] * 5), (0.5, [30.0] * 5), (0.25, [47.0] * 5)], 60.0),  # native not a known size: 0.5
+    ([(1.0, [3.0] * 5), (0.5, [3.0] * 5), (0.25, [60.0] * 5)], 240.0),  # none known: the nearest, 0.25
+    ([(1.0, [7.0] * 5), (0.5, [2.0] * 1)], 7.0),  # tiny nuclei, vanished when shrunk: the only probe
     ([(1.0, [40.0] * 2), (0.5, [20.0] * 2)], 0.0),  # fewer than MIN_OBJECTS everywhere: no estimate
 ])
 def test_pick_diameter_trusts_the_finest_confirmed_probe(probes, expect):
@@ -92,7 +97,29 @@ def test_estimate_recovers_the_diameter_and_picks_the_scale(true_d):
     assert est.scale == pytest.approx(S.scale_for(est.diameter, 20.0), rel=1e-3) or probs is not None
     if true_d == 20.0:  # at the training size: the native probe is the answer, no extra pass
         assert est.scale == 1.0 and probs is not None
-        assert len(calls) == len(S.PROBE_SCALES)
+        assert len(calls) <= len(S.PROBE_SCALES)
+
+
+def test_estimate_stops_probing_once_two_probes_agree():
+    x = (disks(28.0, side=512) > 0).astype(np.float32)[None]  # seen at 1x (28 px) and 0.5x (14 px)
+    calls = []
+    est, probs = S.estimate(x, 20.0, fake_network(calls), segment)
+    assert [s for s, _ in calls] == [1.0, 0.5]  # 0.5 confirmed native: the 0.25 probe never ran
+    assert est.diameter == pytest.approx(28.0, rel=0.1) and est.scale == 1.0 and probs is not None
+
+
+def test_settled_stops_the_probes_only_when_the_estimate_cannot_change():
+    """Stopping at the first agreeing pair gives what all probes would: every probe list's prefix that
+    :func:`settled` accepts picks the same diameter as the whole list."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        probes = [(s, rng.choice([3.0, 8.0, 12.0, 20.0, 30.0, 50.0], size=int(rng.integers(1, 6))) * s * rng.uniform(2, 8))
+                  for s in S.PROBE_SCALES]
+        whole = S.pick_diameter(20.0, probes)
+        for k in range(1, len(probes) + 1):
+            if S.settled(probes[:k]):
+                assert S.pick_diameter(20.0, probes[:k]) == whole
+                break
 
 
 def test_estimate_probes_a_big_image_on_its_centre_only():

@@ -2,8 +2,9 @@
 
 A network trained on nuclei about ``train_diameter`` pixels across misses or shatters nuclei far
 from that size. Before segmenting, the image is probed at a few down-scales (``PROBE_SCALES``: one
-full pass plus 0.31 of one); each probe is segmented and measured. The probe whose objects look
-most like training-sized objects is trusted: its median object diameter, divided by its scale, is
+full pass plus up to 0.31 of one); each probe is segmented and measured, from fine to coarse, until two
+neighbouring probes agree on the size. :func:`pick_diameter` says which probe is trusted; its median
+object diameter, divided by its scale, is
 the estimate. The image is then resized so that estimate meets ``train_diameter``; when it already
 does (within ``NATIVE_BAND``) the native probe is the answer and nothing more runs, so images at the
 training scale are segmented exactly as without estimation, and a probe at the right scale is reused.
@@ -59,27 +60,47 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
     return 2.0 * np.sqrt(areas / np.pi)
 
 
+def _usable(probes: list[tuple[float, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
+    """The probes with at least ``MIN_OBJECTS`` objects, finest first."""
+    return sorted(((s, d) for s, d in probes if len(d) >= MIN_OBJECTS), key=lambda p: -p[0])
+
+
+def _agree(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> bool:
+    """Whether two probes measure the same median object size in image pixels, within x/÷ ``AGREE``."""
+    return abs(np.log((np.median(a[1]) / a[0]) / (np.median(b[1]) / b[0]))) <= np.log(AGREE)
+
+
 def pick_diameter(train_diameter: float, probes: list[tuple[float, np.ndarray]]) -> tuple[float, int]:
     """(estimated diameter in image px, objects it rests on) from ``(scale, diameters in probe px)`` probes.
 
-    An estimate is trusted when the next coarser probe confirms it: objects measured right at one
-    scale measure the same in image pixels at half that scale (within x/÷ ``AGREE``). The finest
-    confirmed probe wins, and with it the detail of that scale. Without confirmation anywhere, the
-    probe whose median is closest to the training diameter on a log scale wins. Why not always the
-    closest: a coarse probe can find training-sized objects that are not nuclei (at 0.25x,
-    brightfield cells, their cytoplasm a plateau around the nucleus), and a fine probe can find
-    training-sized specks on nuclei far too large for it; neither is confirmed by its neighbour.
-    (0, 0) when no probe has ``MIN_OBJECTS`` objects.
+    1. An estimate is trusted when the next coarser probe confirms it: objects measured right at one
+       scale measure the same in image pixels at half that scale (within x/÷ ``AGREE``). The finest
+       confirmed probe wins, and with it the detail of that scale.
+    2. Unconfirmed, the finest probe whose median is a size the network knows (within x/÷
+       ``NATIVE_BAND`` of the training diameter) wins: the network saw objects it was trained on there.
+       On a kind of image it never saw, probes rarely agree (brightfield: at 0.25x whole cells, their
+       cytoplasm a plateau around the nucleus, shrink to nucleus size), and the finest view is the safest.
+    3. Else the probe whose median is closest to the training diameter on a log scale (nuclei too small
+       or too large for all but one probe).
+
+    Step 1 comes first because a fine probe can find training-sized specks on nuclei far too large for
+    it, which the two coarser probes, agreeing, overrule. (0, 0) when no probe has ``MIN_OBJECTS`` objects.
     """
-    usable = sorted(((s, d) for s, d in probes if len(d) >= MIN_OBJECTS), key=lambda p: -p[0])
+    usable = _usable(probes)
     if not usable or train_diameter <= 0:
         return 0.0, 0
-    in_image = [float(np.median(d) / s) for s, d in usable]
-    for i in range(len(usable) - 1):
-        if abs(np.log(in_image[i] / in_image[i + 1])) <= np.log(AGREE):
-            return in_image[i], len(usable[i][1])
-    s, d = min(usable, key=lambda p: abs(np.log(np.median(p[1]) / train_diameter)))
+    confirmed = [a for a, b in zip(usable, usable[1:]) if _agree(a, b)]
+    known = [p for p in usable if abs(np.log(np.median(p[1]) / train_diameter)) <= np.log(NATIVE_BAND)]
+    nearest = min(usable, key=lambda p: abs(np.log(np.median(p[1]) / train_diameter)))
+    s, d = (confirmed or known or [nearest])[0]
     return float(np.median(d) / s), len(d)
+
+
+def settled(probes: list[tuple[float, np.ndarray]]) -> bool:
+    """Whether coarser probes can no longer change :func:`pick_diameter`: the two coarsest usable probes
+    so far agree (every finer pair was checked before), so the rest need not run."""
+    usable = _usable(probes)
+    return len(usable) >= 2 and _agree(usable[-2], usable[-1])
 
 
 def scale_for(diameter: float, train_diameter: float) -> float:
@@ -124,6 +145,8 @@ def estimate(
         labels = segment(probs)
         done[s] = Probe(probs, labels)
         probes.append((s, object_diameters(labels) * s))  # in the probe's pixels
+        if settled(probes):  # confirmed: coarser probes cannot change the estimate
+            break
     diameter, n = pick_diameter(train_diameter, probes)
     scale = scale_for(diameter, train_diameter)
     near = sorted(done, key=lambda s: abs(np.log(scale / s)))
