@@ -155,6 +155,33 @@ def test_robustness_transforms_keep_image_and_truth_aligned(name):
         assert np.array_equal(lab, truth) and not np.array_equal(img, image)
 
 
+@pytest.mark.parametrize("f", [0.25, 0.5, 0.33, 2.0, 3.0])
+def test_resized_truth_sits_where_the_resized_image_shows_the_object(f):
+    """Shrinking by nearest neighbour would shift objects half an original pixel off the image (x0.5:
+    0.25 output px, every object the same way); the resized truth must sit, on average over objects
+    at random sub-pixel places, where the resized image shows them, and keep their area."""
+    from robustness import resize_labels
+    from skimage.draw import disk
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((240, 240), np.int32)
+    centres = [(30 + 60 * i + rng.uniform(0, 1), 30 + 60 * j + rng.uniform(0, 1)) for i in range(4) for j in range(4)]
+    for k, c in enumerate(centres, start=1):
+        truth[disk(c, 14)] = k
+    shape = (round(240 * f), round(240 * f))
+    lab = resize_labels(truth, shape)
+    yy, xx = np.indices(shape)
+    offsets, areas = [], []
+    for k in range(1, len(centres) + 1):
+        img = resize((truth == k).astype(float), shape, order=1, anti_aliasing=f < 1)
+        want = np.array([(yy * img).sum(), (xx * img).sum()]) / img.sum()
+        offsets.append(np.array([yy[lab == k].mean(), xx[lab == k].mean()]) - want)
+        areas.append((lab == k).sum() / ((truth == k).sum() * f * f))
+    assert np.abs(np.mean(offsets, axis=0)).max() < 0.05  # nearest neighbour: 0.25 at x0.5
+    assert 0.85 < np.mean(areas) < 1.15
+
+
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory):
     """(run trained without group 'b', DSB folder, groups CSV): 16 synthetic images in two groups."""
