@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/dsb_time.py                      # the shipped model against issue #13's
     .venv/bin/python benchmarks/dsb_time.py --model runs/ens3 --baseline runs/nuclei
+    .venv/bin/python benchmarks/dsb_time.py --size-cost      # --diameter auto against none, one model
 
 Issue #13 asks that prediction "stays within 2x of today's". A time taken on another day is no
 yardstick on this shared machine (the same model measured 0.21 s and 0.42 s per image on two days), so
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +54,7 @@ def seconds_per_image(seg, images: list) -> float:
 
 
 def main() -> None:
-    from _report import held_out_split, split_parser
+    from _report import held_out_split, provenance, split_parser
 
     ap = split_parser(__doc__)
     ap.add_argument("--baseline", help="baseline model: shipped name or run folder (default: --baseline-commit's)")
@@ -60,6 +62,8 @@ def main() -> None:
                     help=f"git commit whose shipped dsb2018-nuclei is the baseline (default {ISSUE_13_COMMIT})")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per model, the best kept")
     ap.add_argument("--limit", type=int, default=0, help="time only the first N held-out images")
+    ap.add_argument("--size-cost", action="store_true", help="the cost of the size estimate: the model with "
+                    "--diameter auto against the same model with --diameter none (issue #48 allows 1.6x)")
     args = ap.parse_args()
 
     from biounet.data.dataset import items_named
@@ -70,8 +74,11 @@ def main() -> None:
     items = items_named(split.items, split.held_out)[: args.limit or None]
     images = [(item.name, load_dsb_pair(item.extra)[0]) for item in items]
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = args.baseline or str(extract_model(args.baseline_commit, Path(tmp) / "baseline"))
-        models = {"model": split.seg, "baseline": load_model(baseline)}
+        if args.size_cost:
+            models = {"model": split.seg.with_options(diameter="auto"), "baseline": split.seg.with_options(diameter=None)}
+        else:
+            baseline = args.baseline or str(extract_model(args.baseline_commit, Path(tmp) / "baseline"))
+            models = {"model": split.seg, "baseline": load_model(baseline)}
         for seg in models.values():  # warm-up: first-call allocations and thread start-up
             seg.segment(images[0][1], images[0][0])
         rounds: dict[str, list[float]] = {k: [] for k in models}
@@ -80,7 +87,8 @@ def main() -> None:
                 rounds[key].append(seconds_per_image(seg, images))
     best = {k: min(v) for k, v in rounds.items()}
     ratio = best["model"] / best["baseline"]
-    what = args.baseline or f"dsb2018-nuclei at {args.baseline_commit}"
+    what = "the same model, --diameter none" if args.size_cost else \
+        args.baseline or f"dsb2018-nuclei at {args.baseline_commit}"
     print(f"{len(images)} held-out images, best of {args.rounds} rounds in turns, prediction + post-processing:")
     print(f"  {args.model}: {best['model']:.3f} s per image (rounds: "
           + ", ".join(f"{s:.3f}" for s in rounds["model"]) + ")")
@@ -90,7 +98,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "model": args.model, "baseline": what, "n_images": len(images), "rounds": rounds,
-            "seconds_per_image": best, "ratio": ratio}, indent=2))
+            "seconds_per_image": best, "ratio": ratio, "provenance": provenance(sys.argv, vars(args))}, indent=2))
 
 
 if __name__ == "__main__":

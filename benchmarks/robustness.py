@@ -94,10 +94,12 @@ def resize_labels(truth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         m = (truth[y0:y1, x0:x1] == k).astype(np.float32)
         if any(sigma):
             m = ndi.gaussian_filter(m, sigma, mode="constant")
-        # output pixels whose centres map into the crop: out i <- in (i + 0.5) / f - 0.5
-        oy0, ox0 = max(0, int(np.ceil((y0 + 0.5) * fy - 0.5))), max(0, int(np.ceil((x0 + 0.5) * fx - 0.5)))
-        oy1 = min(shape[0], int(np.floor((y1 - 0.5) * fy - 0.5)) + 1)
-        ox1 = min(shape[1], int(np.floor((x1 - 0.5) * fx - 0.5)) + 1)
+        # output pixels whose centres map into the crop (out i <- in (i + 0.5) / f - 0.5), and at the image's
+        # edges those mapping just beyond it, as the image's resize samples them (edge pixels extended)
+        oy0 = 0 if y0 == 0 else int(np.ceil((y0 + 0.5) * fy - 0.5))
+        ox0 = 0 if x0 == 0 else int(np.ceil((x0 + 0.5) * fx - 0.5))
+        oy1 = shape[0] if y1 == h else min(shape[0], int(np.floor((y1 - 0.5) * fy - 0.5)) + 1)
+        ox1 = shape[1] if x1 == w else min(shape[1], int(np.floor((x1 - 0.5) * fx - 0.5)) + 1)
         if oy1 <= oy0 or ox1 <= ox0:
             continue
         yy = (np.arange(oy0, oy1) + 0.5) / fy - 0.5 - y0

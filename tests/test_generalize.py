@@ -182,6 +182,32 @@ def test_resized_truth_sits_where_the_resized_image_shows_the_object(f):
     assert 0.85 < np.mean(areas) < 1.15
 
 
+@pytest.mark.parametrize("f", [2.0, 3.0])
+def test_enlarged_truth_keeps_objects_up_to_the_image_edges(f):
+    """Enlarging x2, each pixel becomes a 2 x 2 block and the resized truth is exactly the nearest-neighbour
+    one, objects touching the image's edges included; x3 rounds objects' inner corners as the bilinear
+    image does, and loses nothing at the image's edges."""
+    from robustness import resize_labels
+    from skimage.transform import resize
+
+    truth = np.zeros((30, 40), np.int32)
+    truth[0:6, 0:9] = 1  # top-left corner
+    truth[12:20, 33:40] = 2  # right edge
+    truth[24:30, 10:12] = 3  # bottom edge, thin
+    truth[8, 20] = 4  # one pixel
+    truth[9, 21] = 5  # its diagonal neighbour
+    shape = (round(30 * f), round(40 * f))
+    lab = resize_labels(truth, shape)
+    nearest = resize(truth, shape, order=0, anti_aliasing=False, preserve_range=True).astype(truth.dtype)
+    if f == 2.0:
+        assert np.array_equal(lab, nearest)
+    else:
+        edges = np.zeros(shape, bool)
+        edges[[0, -1], :] = edges[:, [0, -1]] = True
+        assert np.array_equal(lab[edges], nearest[edges])
+        assert set(np.unique(lab)) == set(range(6)) and np.mean(lab != nearest) < 0.01
+
+
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory):
     """(run trained without group 'b', DSB folder, groups CSV): 16 synthetic images in two groups."""
