@@ -276,6 +276,13 @@ def test_robustness_script_scores_every_transform_and_mode(grouped_run, tmp_path
     modes = payload["results"][0]["modes"]
     assert set(modes) == {"auto", "none"} and set(modes["none"]) == {"native", "x2", "gamma2"}
     assert "commit" in payload and "| model (--diameter) | native | x2 | gamma2 |" in res.stdout
+    # the ceiling row at native size is the native answer itself: --diameter none's score
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/robustness.py"), "--model", str(run), "--data",
+                          str(data), "--transforms", "native,x0.5", "--modes", "ceiling", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ceiling = json.loads(out.read_text())["results"][0]["modes"]["ceiling"]
+    assert ceiling["native"]["dsb_score"] == modes["none"]["native"]["dsb_score"] and "x0.5" in ceiling
 
 
 def test_finetune_benchmark_scores_the_group_before_and_after_with_a_scratch_row(grouped_run, tmp_path):
@@ -311,3 +318,26 @@ def test_the_oracle_diameter_is_the_true_median_kept_within_the_allowed_resize()
     big = np.zeros((400, 400), np.int32)
     big[:300, :300] = 1  # 338 px across: beyond 4x the training size
     assert oracle_diameter(seg, big) == pytest.approx(80.0)
+
+
+def test_ceiling_labels_keep_iou_when_enlarging_and_follow_the_truth_when_shrinking():
+    """The ceiling row carries the native answer onto the resized grid as the truth is carried: enlarged x2
+    (nearest neighbour) a perfect answer stays perfect and an imperfect one keeps its score; shrunk, a
+    perfect answer stays perfect (the same resize of the same labels), and other transforms keep the labels."""
+    from robustness import ceiling_labels, resize_labels
+    from skimage.draw import disk
+
+    from biounet.metrics.instance import dsb_score
+
+    truth = np.zeros((96, 96), np.int32)
+    pred = np.zeros_like(truth)
+    for k, (c, r) in enumerate([((20, 20), 9), ((20, 60), 7), ((60, 30), 11), ((70, 75), 5)], start=1):
+        truth[disk(c, r, shape=truth.shape)] = k
+        pred[disk((c[0] + 1, c[1]), r - 1, shape=truth.shape)] = k  # a pixel off, a pixel small
+    native = dsb_score(truth, pred)
+    assert 0 < native < 1
+    big = (192, 192)
+    assert dsb_score(resize_labels(truth, big), ceiling_labels(pred, "x2", big)) == pytest.approx(native)
+    small = (32, 32)
+    assert dsb_score(resize_labels(truth, small), ceiling_labels(truth, "x0.33", small)) == 1.0
+    assert ceiling_labels(pred, "gamma2", truth.shape) is pred
