@@ -136,6 +136,36 @@ def test_uneven_dims_by_a_smooth_gain_and_lifts_soft_plateaus_keeping_the_labels
     assert np.array_equal(lab, labels) and np.array_equal(a, random_uneven(img, np.random.default_rng(5)))
 
 
+def test_lowres_blurs_a_third_of_the_patches_and_keeps_each_object_on_its_labels():
+    """Shrunk and enlarged back, a bright disk loses its sharp edge but its centre of mass stays put (no
+    half-pixel shift between image and labels), its brightness is kept, and about a third of draws act."""
+    from skimage.draw import disk
+
+    from biounet.data.transforms import random_lowres
+
+    img = np.zeros((96, 96, 1), np.float32)
+    labels = np.zeros((96, 96), np.int32)
+    rr, cc = disk((40.3, 51.7), 9)
+    img[rr, cc] = 1.0
+    labels[rr, cc] = 1
+    yy, xx = np.indices(labels.shape)
+    acted = 0
+    for s in range(60):
+        out = random_lowres(img, np.random.default_rng(s))
+        assert out.shape == img.shape and out.dtype == np.float32
+        if np.array_equal(out, img):
+            continue
+        acted += 1
+        w = np.clip(out[..., 0], 0, None)
+        centre = np.array([(yy * w).sum(), (xx * w).sum()]) / w.sum()
+        assert np.abs(centre - [yy[labels == 1].mean(), xx[labels == 1].mean()]).max() < 0.15
+        assert abs(w.sum() / img.sum() - 1) < 0.05 and 0 < out[40, 61, 0] < 1  # the edge is soft now
+    assert 10 <= acted <= 30
+    cfg = AugmentConfig(flips=False, rot90=False, affine=False, elastic=False, intensity=False, lowres=True)
+    a, lab = augment(img, labels, np.random.default_rng(5), cfg)
+    assert np.array_equal(lab, labels) and np.array_equal(a, random_lowres(img, np.random.default_rng(5)))
+
+
 @pytest.mark.parametrize("name", ["x0.5", "x3", "gamma2", "contrast0.3", "poisson", "gauss", "blur2"])
 def test_robustness_transforms_keep_image_and_truth_aligned(name):
     from robustness import transform

@@ -137,6 +137,9 @@ class AugmentConfig:
     # uneven images (transforms.random_uneven): a smooth illumination gain (x0.25-1) and large soft bright
     # plateaus (cytoplasm under brightfield nuclei), each on half the patches, after ``degrade``
     uneven: bool = False
+    # small nuclei seen enlarged (transforms.random_lowres): a third of the patches shrunk 1.5-4x and enlarged
+    # back, the look of an image --diameter auto enlarged, after ``uneven``
+    lowres: bool = False
 
     def __post_init__(self) -> None:
         lo_hi = self.scale_range
