@@ -385,6 +385,12 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _check_floating(image: np.ndarray) -> None:
+    """The image-only augmentations take a floating ``(H, W, C)`` image."""
+    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+
+
 def random_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """How another lab's image differs: gamma, contrast, blur and noise, each drawn independently.
 
@@ -403,8 +409,7 @@ def random_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """
     from scipy import ndimage as ndi
 
-    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    _check_floating(image)
     gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if rng.random() < 0.5 else 1.0
     contrast = float(np.exp(rng.uniform(np.log(0.3), 0.0))) if rng.random() < 0.5 else 1.0
     sigma = float(rng.uniform(0.5, 2.0)) if rng.random() < 1 / 3 else 0.0
@@ -452,8 +457,7 @@ def random_uneven(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Returns:
         New C-contiguous image, same shape and dtype.
     """
-    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    _check_floating(image)
     h, w = image.shape[:2]
     gain_on, plateau_on = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
     nodes = int(rng.integers(2, 5))
@@ -486,19 +490,11 @@ def random_lowres(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     That is how an image of nuclei 2-4x smaller than the training ones reaches the network once
     ``--diameter auto`` has enlarged it: the detail lost in the shrinking does not come back. Both resizes
     map pixel centres as skimage's ``resize`` does, so the image stays on its labels' grid (tested); labels
-    are unaffected.
-
-    Args:
-        image: ``(H, W, C)`` floating image.
-        rng: source of randomness; the same seed gives the same result.
-
-    Returns:
-        New C-contiguous image, same shape and dtype.
+    are unaffected. Takes a floating ``(H, W, C)`` image, returns a new C-contiguous one like it.
     """
     from skimage.transform import resize
 
-    if image.ndim != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be floating (H, W, C), got {image.dtype} {image.shape}")
+    _check_floating(image)
     on, factor = bool(rng.random() < 1 / 3), float(np.exp(rng.uniform(np.log(1.5), np.log(4.0))))
     out = np.array(image, order="C", copy=True)
     if not on:
