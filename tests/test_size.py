@@ -253,3 +253,36 @@ def test_a_stack_is_resized_by_one_estimate_made_on_its_middle_page(monkeypatch)
     labels = seg.segment_stack(stack, "z")
     assert estimated == ["z[1]"] and scales == [0.5, 0.5, 0.5] and labels.shape == stack.shape
     assert np.array_equal(labels[0], seg.with_options(diameter=40.0).segment(stack[0]))
+
+
+def test_min_size_is_counted_in_the_network_pixels_after_a_resize():
+    """After a pass on the image enlarged 3x, the labels come back on the image's grid, where an object the
+    network saw at 9x its area is small: the tuned min_size (in the network's pixels) is divided by 9 there,
+    and multiplied by 4 after a pass at half size. Unresized, nothing changes."""
+    from skimage.draw import disk
+
+    seg = _tiny_nuclei_segmenter().with_post(min_size=20)
+    probs = np.zeros((3, 48, 48), np.float32)
+    probs[0] = 1.0
+    for centre, r in (((12, 12), 2), ((32, 32), 4)):  # areas 13 and 49 px on the image's grid
+        rr, cc = disk(centre, r)
+        probs[:, rr, cc] = np.array([0.0, 1.0, 0.0])[:, None]
+    assert seg.post_at(1.0) is seg.post
+    assert (seg.post_at(3.0).min_size, seg.post_at(0.5).min_size) == (2, 80)
+    assert len(np.unique(seg.segment_probs(probs))) - 1 == 1  # the small one dropped, as before
+    assert len(np.unique(seg.segment_probs(probs, 3.0))) - 1 == 2  # both kept: 117 and 441 px to the network
+    assert len(np.unique(seg.segment_probs(probs, 0.5))) - 1 == 0  # 3 and 12 px to the network: dropped
+
+
+def test_a_fixed_diameter_segments_with_the_scaled_min_size(monkeypatch):
+    """--diameter N resizes by train / N and segments the pass's probabilities with post_at of that scale,
+    whole-image and block by block alike."""
+    from biounet import predict as P
+
+    seg = _tiny_nuclei_segmenter().with_post(min_size=20).with_options(diameter=10.0)  # scale 2
+    img = (disks(10, side=96) > 0).astype(np.uint8) * 200
+    seen = []
+    real = P.Segmenter.segment_probs
+    monkeypatch.setattr(P.Segmenter, "segment_probs", lambda self, p, scale=1.0: seen.append(scale) or real(self, p, scale))
+    seg.segment(img)
+    assert seen == [2.0]

@@ -116,7 +116,7 @@ def block_result(seg: Any, plan: BlockPlan, y: int, x: int, raw: Any = None) -> 
     probs = np.asarray(seg._predict_at(view, plan.scale))[:, wy0 - cy0: wy1 - cy0, wx0 - cx0: wx1 - cx0]
     if plan.mode == "probabilities":
         return (wy0, wx0), probs
-    seg_out = np.asarray(seg.segment_probs(probs))
+    seg_out = np.asarray(seg.segment_probs(probs, plan.scale))
     if plan.mode == "mask":
         return (wy0, wx0), seg_out
     core = (y - wy0, min(y + plan.block, h) - wy0, x - wx0, min(x + plan.block, w) - wx0)

@@ -195,8 +195,10 @@ class Segmenter:
         return self.labels_of(done), done.size
 
     def labels_of(self, done: "Pass") -> np.ndarray:
-        """The mask or labels of a pass: those the size probe already segmented, else segmented now."""
-        return done.labels if done.labels is not None else self.segment_probs(done.probs)
+        """The mask or labels of a pass: those the size probe already segmented at native size, else
+        segmented now, with the post-processing of the scale the pass ran at (:meth:`post_at`)."""
+        scale = done.size.scale if done.size is not None else self.scale
+        return done.labels if done.labels is not None and scale == 1.0 else self.segment_probs(done.probs, scale)
 
     def passes(self, pages: Any, name: str = "stack", channel: int | None = None) -> Iterator["Pass"]:
         """One :class:`Pass` per page of a stack, in page order, with one size estimate for all of them
@@ -210,10 +212,19 @@ class Segmenter:
         middle = self.sized_pass(views[mid])
         yield from (middle if i == mid else self.sized_pass(v, middle.size) for i, v in enumerate(views))
 
-    def segment_probs(self, probs: np.ndarray) -> np.ndarray:
+    def segment_probs(self, probs: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Labels (or a mask) from probabilities on the image's grid, of a pass the network ran at ``scale``."""
         from .tasks import get_task
 
-        return get_task(self.config).segment(probs, self.post)
+        return get_task(self.config).segment(probs, self.post_at(scale))
+
+    def post_at(self, scale: float) -> PostConfig:
+        """The post-processing for a pass run on the image resized by ``scale``, segmented back on the
+        image's grid: ``min_size`` was tuned in the network's pixels, so on the image's grid it is divided
+        by ``scale`` squared (x3 enlarged: objects of 20 px as the network saw them are 2 px here)."""
+        if scale == 1.0:
+            return self.post
+        return dataclasses.replace(self.post, min_size=max(1, round(self.post.min_size / scale**2)))
 
     @property
     def uses_onnxruntime(self) -> bool:
