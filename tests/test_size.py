@@ -286,3 +286,8 @@ def test_a_fixed_diameter_segments_with_the_scaled_min_size(monkeypatch):
     monkeypatch.setattr(P.Segmenter, "segment_probs", lambda self, p, scale=1.0: seen.append(scale) or real(self, p, scale))
     seg.segment(img)
     assert seen == [2.0]
+    from biounet.parallel import block_result, make_plan
+
+    plan, _ = make_plan(seg, img, "img.tif", None, None, "instances", "img")
+    block_result(seg, plan, 0, 0, img)  # one block of the --workers path
+    assert plan.scale == 2.0 and seen == [2.0, 2.0]

@@ -7,7 +7,8 @@ On the shipped model's validation images, shrunk as ``benchmarks/robustness.py``
 truth), each image's size is estimated as ``--diameter auto`` does. Where the estimate would enlarge the
 image (nuclei more than 2.25x smaller than the training ones), it is segmented these ways:
 
-- ``today``: enlarged, the network run, probabilities shrunk back, the tuned post-processing;
+- ``today``: as ``--diameter auto`` segments it now (``Segmenter.labels_of``; ``small-post.json`` was made
+  before ``min_size`` was counted in the network's pixels, when this was the tuned post-processing as is);
 - ``enlarged_<post>``: the same pass, other post-processing;
 - ``native_<post>``: no resize at all, one network pass at the image's own size, with ``<post>``:
   ``tuned`` (the model's), ``default`` (the task's defaults), ``minsize`` (tuned, ``min_size`` scaled by the
@@ -54,7 +55,7 @@ def main() -> None:
     from biounet.config import PostConfig
     from biounet.data.dataset import items_from_config, items_named
     from biounet.metrics.instance import evaluate_instances
-    from biounet.predict import load_model
+    from biounet.predict import Pass, load_model
     from biounet.size import estimate
     from biounet.tasks import apply_overrides, get_task
 
@@ -74,7 +75,8 @@ def main() -> None:
             image, truth = transform(image, truth, t, seed=i)
             x = np.asarray(seg.view(image, item.name))
             size, probe = estimate(x, T, seg._predict_at, seg.segment_probs)
-            today = probe.labels if probe is not None else seg.segment_probs(seg._predict_at(x, size.scale))
+            done = Pass(probe.probs, size, probe.labels) if probe is not None else seg.sized_pass(x, size)
+            today = seg.labels_of(done)  # as --diameter auto segments it (the probe reused where it is the pass)
             out = {"today": today}
             if size.scale > 1:
                 enlarged += 1
