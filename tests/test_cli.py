@@ -42,7 +42,12 @@ def test_predict_bad_inputs_fail_with_one_line(tiny_run, tmp_path):
     bad.write_bytes(b"\x89PNG garbage")
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(bad)])
     assert res.exit_code == 2
-    assert "broken.png: cannot read image" in res.output and "1 image(s) failed" in res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.png: cannot read image" in lines[0], lines
+    assert not (tmp_path / "o").exists()  # the folder this run made is taken back when nothing was written
+    (tmp_path / "o").mkdir()
+    res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(bad)])
+    assert res.exit_code == 2 and (tmp_path / "o").is_dir()  # a folder the user had stays
     assert not (tmp_path / "o" / "broken.tif").exists()
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "o"), str(tmp_path / "empty")])

@@ -115,6 +115,10 @@ def test_an_existing_out_is_refused_and_a_data_folder_never_replaced(tiny_nuclei
     with pytest.raises(InputError, match="is the starting model"):
         finetune(tiny_nuclei_model, _pairs("ok"), tiny_nuclei_model, overwrite=True, bar=False)
     assert (tmp_path / "out" / "x.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("mine")  # a file: told so at once, not first sent to --overwrite
+    with pytest.raises(InputError, match=r"file: is an existing file; give a folder"):
+        finetune(tiny_nuclei_model, _pairs("ok"), tmp_path / "file", bar=False)
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 # ---- pieces -----------------------------------------------------------------------------------

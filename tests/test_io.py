@@ -177,3 +177,23 @@ def test_channels_last_array_saved_as_thin_pages_is_named_with_the_fix(tmp_path)
     assert np.array_equal(read_stack(tmp_path / "fixed.tif", channel=3)[0], arr[..., 3])
     tifffile.imwrite(tmp_path / "narrow.tif", np.zeros((3, 6, 5), np.uint8), photometric="minisblack")
     assert read_stack(tmp_path / "narrow.tif").shape == (3, 6, 5)  # small pages, not thin ones: kept
+
+
+def test_renamed_and_damaged_files_read_by_content_or_say_why(tmp_path):
+    import imageio.v3 as iio
+
+    img = (np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8)
+    iio.imwrite(tmp_path / "a.png", img)
+    png = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "png_as.tif").write_bytes(png)  # a PNG named .tif is read as what it is
+    np.testing.assert_array_equal(read_stack(tmp_path / "png_as.tif")[0], img)
+    (tmp_path / "notes.tif").write_bytes(b"hello, these are notes")
+    with pytest.raises(InputError, match=r"notes\.tif: cannot read image \(not a TIFF file, though named like one"):
+        read_stack(tmp_path / "notes.tif")
+    (tmp_path / "half.png").write_bytes(png[:40])
+    with pytest.raises(InputError, match=r"half\.png: cannot read image \(a PNG file cut short or damaged"):
+        read_stack(tmp_path / "half.png")
+    tifffile.imwrite(tmp_path / "t.tif", np.ones((256, 256), np.float32))
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "t.tif").read_bytes()[:20000])
+    with pytest.raises(InputError, match=r"cut\.tif: cannot read image \(the file is cut short or damaged"):
+        read_stack(tmp_path / "cut.tif")

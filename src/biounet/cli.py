@@ -242,6 +242,7 @@ def predict(
         _fail(f"--pixel-size must be > 0 micrometres per pixel, got {pixel_size}")
     out_format = check_out_format(out_format, out)
     pick = PlanePick(scene=scene, time=time_point, z=z, level=level)
+    made_out = not Path(out).exists()  # a folder this run creates is removed again if it stays empty
     if out_format == "ome-zarr":  # stores and labels groups, checked as check_outputs checks files
         todo = check_zarr_outputs(files, out, seg.name, probabilities, pick, overwrite, skip_existing)
     else:
@@ -270,14 +271,32 @@ def predict(
         failed = [f for part in failures for f in part]
         if rank == 0:
             typer.echo(f"{sum(counts)} image(s) -> {out}/{took} ({world} processes: {', '.join(map(str, counts))})")
-    else:
+    elif done or not failed:  # nothing written and something failed: the failure alone is the news
         typer.echo(f"{done} image(s) -> {out}/{took}{found}")
     if failed:
         if rank == 0:
-            typer.echo(f"error: {len(failed)} image(s) failed:", err=True)
-            for line in failed:
-                typer.echo(f"  {line}", err=True)
+            _echo_failures(failed, nothing_done=not done and world == 1)
+        if made_out and rank == 0:
+            _remove_if_empty(Path(out))
         raise typer.Exit(2)
+
+
+def _echo_failures(failed: list[str], nothing_done: bool) -> None:
+    """One line for a single file that failed when nothing else was written; else a count and a line each."""
+    if nothing_done and len(failed) == 1:
+        typer.echo(f"error: {failed[0]}", err=True)
+        return
+    typer.echo(f"error: {len(failed)} image(s) failed:", err=True)
+    for line in failed:
+        typer.echo(f"  {line}", err=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Take back an output folder this run made when nothing was written into it."""
+    try:
+        folder.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
 
 
 def _object_count(path: Path) -> Optional[int]:

@@ -219,7 +219,8 @@ def finetune(
                          f"{MIN_OBJECTS} (label more nuclei)")
     train_items, scored_items = split_holdout(items, seed)
     held_out = bool(scored_items) and scored_items is not items
-    log.info("fine-tuning %s on %d image(s) (%d objects); %s", model, len(train_items), objects,
+    trained_on = sum(count_objects(it.labels) for it in train_items)
+    log.info("fine-tuning %s on %d image(s) (%d objects); %s", model, len(train_items), trained_on,
              f"{len(scored_items)} held out" if held_out else "none held out (fewer than 3 images)")
 
     options = PredictOptions()  # as `biounet predict` runs a model: --diameter auto
@@ -305,10 +306,10 @@ def check_out(out: Path, overwrite: bool, start: Path) -> None:
     if out.exists():
         if out.resolve() == Path(start).resolve():
             raise InputError(f"{out}: is the starting model; write the fine-tuned one to another --out")
+        if not out.is_dir():  # before the --overwrite hint: overwriting would not help
+            raise InputError(f"{out}: is an existing file; give a folder")
         if not overwrite:
             raise InputError(f"{out}: exists; use --overwrite to replace it")
-        if not out.is_dir():
-            raise InputError(f"{out}: is an existing file; give a folder")
         if any(out.iterdir()) and not (out / checkpoint.CONFIG).is_file():
             raise InputError(f"{out}: is a folder but not a model folder (no {checkpoint.CONFIG}); not replacing it")
     check_writable(out, folder=True)

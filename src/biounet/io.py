@@ -60,7 +60,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     if channel is not None and channel < 0:
         raise InputError(f"{path}: channel must be >= 0, got {channel}")
     try:
-        if _suffix(path) in (".tif", ".tiff"):
+        if _suffix(path) in (".tif", ".tiff") and not _other_format(path):
             arr, channel = _read_tiff(path, channel)
         else:
             import imageio.v3 as iio
@@ -71,7 +71,10 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
-        raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
+        why = _one_line(exc)
+        if why.startswith(_NOT_IMAGE) and _other_format(path):  # a PNG's or JPEG's own header, then nothing
+            why = f"a {_other_format(path)} file cut short or damaged" + why[len(_NOT_IMAGE):]
+        raise InputError(f"{path}: cannot read image ({why})") from None
     arr = check_finite(_drop_alpha(arr, path), path)
     return arr if channel is None else _pick_sample(arr, channel, path)
 
@@ -89,14 +92,38 @@ def _pick_sample(arr: np.ndarray, channel: int, path: Path | str) -> np.ndarray:
     return arr[..., channel] if arr.ndim == 4 else arr
 
 
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"GIF8": "GIF"}
+
+
+def _other_format(path: Path) -> str | None:
+    """The format a file's first bytes say it is when they say PNG, JPEG, BMP or GIF (not TIFF)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+
+
+# what a decoder's complaint means to a user: (words in the message or type name, the plain reason)
+_NOT_IMAGE = "not an image file, or one this tool cannot decode"
+_REASONS = (
+    (("cannot identify image file", "unidentifiedimageerror"), _NOT_IMAGE),
+    (("not a tiff file", "keyerror: b'"), "not a TIFF file, though named like one"),
+    (("truncated", "failed to read", "unpack_from requires", "eoferror", "unexpected end", "buffer is too small"),
+     "the file is cut short or damaged, perhaps not fully copied"),
+)
+
+
 def _one_line(exc: BaseException) -> str:
-    """The root cause of a decoder failure in one line (imageio wraps Pillow's own error)."""
+    """The root cause of a decoder failure in one line (imageio wraps Pillow's own error), led by what it
+    means to a user when it is a known kind (not an image, cut short)."""
     while (exc.__cause__ or exc.__context__) not in (None, exc):
         exc = exc.__cause__ or exc.__context__
     text = str(exc).strip().splitlines()
     if type(exc).__name__ == "DecompressionBombError":
         return f"refused: the header claims more pixels than any image this tool reads ({text[0] if text else ''})"
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    raw = f"{type(exc).__name__}: {text[0] if text else ''}"
+    said = f"{type(exc).__name__}: {str(exc)}".lower()
+    reason = next((r for keys, r in _REASONS if any(k in said for k in keys)), None)
+    return raw if reason is None else f"{reason}; {raw}"
 
 
 def tiff_channels(path: str | Path) -> int:
