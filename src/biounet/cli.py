@@ -168,7 +168,8 @@ def predict(
                                             "cluster instead (its scheduler address, e.g. tcp://host:8786; a SLURM "
                                             "cluster through dask-jobqueue); its workers must reach the input files."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of masks/labels."),
-    overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image)."),
+    overlays: bool = typer.Option(False, help="Also write <stem>_overlay.png (outlines over the image; "
+                                  "for a stack, <stem>_overlay.tif, one page per page)."),
     measure: bool = typer.Option(
         False, help="Also write <stem>.csv: one row per object (position, area, shape, raw intensity); "
                     "instance labels only (a nuclei model, or --instances)."),
