@@ -294,10 +294,8 @@ def _echo_failures(failed: list[str], nothing_done: bool) -> None:
 
 def _remove_if_empty(folder: Path) -> None:
     """Take back an output folder this run made when nothing was written into it."""
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()  # only succeeds when empty
-    except OSError:
-        pass
 
 
 def _object_count(path: Path) -> Optional[int]:

@@ -59,8 +59,9 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         raise InputError(f"{path}: file is empty (0 bytes)")
     if channel is not None and channel < 0:
         raise InputError(f"{path}: channel must be >= 0, got {channel}")
+    named_other = _other_format(path)  # a PNG or JPEG named .tif is read as what it is
     try:
-        if _suffix(path) in (".tif", ".tiff") and not _other_format(path):
+        if _suffix(path) in (".tif", ".tiff") and not named_other:
             arr, channel = _read_tiff(path, channel)
         else:
             import imageio.v3 as iio
@@ -72,8 +73,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
         why = _one_line(exc)
-        if why.startswith(_NOT_IMAGE) and _other_format(path):  # a PNG's or JPEG's own header, then nothing
-            why = f"a {_other_format(path)} file cut short or damaged" + why[len(_NOT_IMAGE):]
+        if why.startswith(_NOT_IMAGE) and named_other:  # a PNG's or JPEG's own header, then nothing
+            why = f"a {named_other} file cut short or damaged" + why[len(_NOT_IMAGE):]
         raise InputError(f"{path}: cannot read image ({why})") from None
     arr = check_finite(_drop_alpha(arr, path), path)
     return arr if channel is None else _pick_sample(arr, channel, path)
